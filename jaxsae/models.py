@@ -1,0 +1,139 @@
+"""The fully connected sparse autoencoder in Flax Linen (functional init/apply).
+
+Parameters are named ``encoder_{i}``/``decoder_{i}`` with ``kernel`` [in, out] and
+``bias`` [out]; torchsae's ``encoder.{i}``/``decoder.{i}`` hold ``weight`` [out, in].
+A tied decoder layer has only a bias and uses its mirror encoder kernel transposed.
+Initialisation matches torch's ``nn.Linear`` default: U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+for kernel and bias, so the two packages start from the same distribution.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxsae.sparsity import apply_mask, lifetime_topk_mask, topk_mask
+from saecommon.config import SAEConfig
+
+
+class AutoencoderOutput(NamedTuple):
+    reconstruction: jax.Array
+    """[batch, input] after the output activation."""
+    logits: jax.Array
+    """[batch, input] before the output activation (BCE is computed from these)."""
+    code: jax.Array
+    """[batch, code] after the sparsity layers."""
+    hiddens: tuple[jax.Array, ...]
+    """Every hidden activation, input side first: encoder layers, code, decoder layers."""
+    mask: jax.Array
+    """[batch, code] bool: units kept by the sparsity layers (all True without them)."""
+
+
+def activate(x: jax.Array, name: str, negative_slope: float = 0.01) -> jax.Array:
+    if name == "relu":
+        return jax.nn.relu(x)
+    if name == "leaky_relu":
+        # x > 0, not >= 0: torch's gradient at exactly 0 is the slope, and so is ours.
+        return jnp.where(x > 0, x, negative_slope * x)
+    if name == "sigmoid":
+        return jax.nn.sigmoid(x)
+    if name == "identity":
+        return x
+    raise ValueError(f"unknown activation {name!r}")
+
+
+def sparsity_mask(code: jax.Array, config: SAEConfig, train: bool) -> jax.Array:
+    """Bool [batch, code]: per-sample top-k, then lifetime top-k of what it kept (the
+    lifetime layer acts in training only)."""
+    mask = jnp.ones(code.shape, bool)
+    if config.topk is not None:
+        mask = topk_mask(code, config.topk)
+        code = jnp.where(mask, code, 0)
+    if train and (config.lifetime_k is not None or config.lifetime_rate is not None):
+        mask = mask & lifetime_topk_mask(code, config.lifetime_k, config.lifetime_rate)
+    return mask
+
+
+def check_input(x: jax.Array, config: SAEConfig) -> None:
+    if x.ndim != 2 or x.shape[1] != config.input_dim:
+        raise ValueError(
+            f"expected input [batch, {config.input_dim}], got shape {tuple(x.shape)}"
+        )
+
+
+def _uniform(bound: float):
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+class Dense(nn.Module):
+    """y = x @ kernel + bias. With ``kernel`` given (tied decoders) it owns a bias only."""
+
+    features: int
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, kernel: jax.Array | None = None):
+        init = _uniform(1 / math.sqrt(x.shape[-1]))
+        if kernel is None:
+            kernel = self.param(
+                "kernel", init, (x.shape[-1], self.features), self.param_dtype
+            )
+        bias = self.param("bias", init, (self.features,), self.param_dtype)
+        return jnp.dot(x, kernel) + bias, kernel
+
+
+class Autoencoder(nn.Module):
+    """x [batch, input] -> AutoencoderOutput. ``train`` turns lifetime top-k on."""
+
+    config: SAEConfig
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> AutoencoderOutput:
+        cfg = self.config
+        check_input(x, cfg)
+        n = len(cfg.hidden_dims)
+        hiddens, kernels = [], []
+        h = x
+        for i, width in enumerate(cfg.hidden_dims):
+            h, kernel = Dense(width, self.param_dtype, name=f"encoder_{i}")(h)
+            kernels.append(kernel)
+            if i < n - 1:
+                h = activate(h, cfg.activation, cfg.negative_slope)
+                hiddens.append(h)
+        code = activate(h, cfg.code_activation, cfg.negative_slope)
+        mask = sparsity_mask(code, cfg, train)
+        code = apply_mask(code, mask)
+        hiddens.append(code)
+        h = code
+        for i, (_, fan_out) in enumerate(cfg.decoder_dims):
+            tied_kernel = kernels[n - 1 - i].T if cfg.tied else None
+            h, _ = Dense(fan_out, self.param_dtype, name=f"decoder_{i}")(h, tied_kernel)
+            if i < n - 1:
+                h = activate(h, cfg.activation, cfg.negative_slope)
+                hiddens.append(h)
+        reconstruction = activate(h, cfg.output_activation, cfg.negative_slope)
+        return AutoencoderOutput(reconstruction, h, code, tuple(hiddens), mask)
+
+
+def untie(params, config: SAEConfig):
+    """A tied model's (params, config) as an untied one with identical outputs: each
+    decoder layer gets a copy of its mirror encoder kernel, transposed."""
+    if not config.tied:
+        raise ValueError("untie needs a tied model (config.tied is False)")
+    n = len(config.hidden_dims)
+    params = dict(params)
+    for i in range(n):
+        kernel = params[f"encoder_{n - 1 - i}"]["kernel"]
+        params[f"decoder_{i}"] = {
+            "kernel": jnp.array(kernel.T),
+            **params[f"decoder_{i}"],
+        }
+    return params, config.replace(tied=False)

@@ -1,0 +1,82 @@
+"""Hard sparsity layers: per-sample top-k and lifetime (winner-take-all) top-k.
+
+Tie rule, the same in torchsae on every device: among equal values the lower index
+wins (lower feature index for per-sample top-k, lower sample index for lifetime top-k).
+The library's top-k is asked only for the *value* of the k-th largest entry, which is
+unambiguous; the mask is "strictly above it, plus the first ``need`` entries equal to
+it", so no library tie-breaking (and no -0.0 vs 0.0 ordering) can leak in.
+
+``apply_mask`` is the one ``jax.custom_vjp``: its backward passes the incoming gradient
+through the kept entries only. ``topk`` and ``lifetime_topk`` are mask-then-apply.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from saecommon.config import check_topk, resolve_lifetime_k
+
+
+def _first_k_mask(x: jax.Array, k: int) -> jax.Array:
+    """Keep the k largest entries of each row of x [rows, n]; ties to the lower index."""
+    kth = jax.lax.top_k(x, k)[0][:, k - 1 : k]  # [rows, 1]
+    above = x > kth
+    tied = x == kth
+    need = k - jnp.sum(above, axis=-1, keepdims=True)
+    return above | (tied & (jnp.cumsum(tied, axis=-1) <= need))
+
+
+def topk_mask(x: jax.Array, k: int) -> jax.Array:
+    """Bool mask [batch, code]: the k largest units of each sample."""
+    _check_2d(x)
+    check_topk(k, x.shape[1])
+    return _first_k_mask(x, k)
+
+
+def lifetime_topk_mask(x: jax.Array, k: int | None = None, rate: float | None = None):
+    """Bool mask [batch, code]: per code unit, its k largest values across the batch.
+
+    Give ``k`` (clamped to the batch) or ``rate`` (k = ceil(rate * batch)).
+    """
+    _check_2d(x)
+    k = resolve_lifetime_k(x.shape[0], k, rate)
+    return _lifetime_mask(x, k)
+
+
+def _lifetime_mask(x: jax.Array, k: int) -> jax.Array:
+    return _first_k_mask(x.T, k).T
+
+
+@jax.custom_vjp
+def apply_mask(x: jax.Array, mask: jax.Array) -> jax.Array:
+    """x where mask, else 0; the gradient flows through the kept entries only."""
+    return jnp.where(mask, x, 0)
+
+
+def _apply_mask_fwd(x, mask):
+    return jnp.where(mask, x, 0), mask
+
+
+def _apply_mask_bwd(mask, g):
+    return jnp.where(mask, g, 0), None  # the mask is piecewise constant: no gradient
+
+
+apply_mask.defvjp(_apply_mask_fwd, _apply_mask_bwd)
+
+
+def topk(x: jax.Array, k: int) -> jax.Array:
+    """x [batch, code] with all but the k largest units of each sample set to 0."""
+    return apply_mask(x, topk_mask(x, k))
+
+
+def lifetime_topk(x: jax.Array, k: int | None = None, rate: float | None = None):
+    """x [batch, code] with all but each unit's k largest values over the batch set to 0."""
+    return apply_mask(x, lifetime_topk_mask(x, k, rate))
+
+
+def _check_2d(x) -> None:
+    if x.ndim != 2:
+        raise ValueError(
+            f"sparsity layers take a code [batch, code], got shape {x.shape}"
+        )

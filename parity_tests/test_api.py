@@ -1,0 +1,80 @@
+"""jaxsae and torchsae mirror each other: file names, public names, argument names."""
+
+import inspect
+import pathlib
+import subprocess
+import sys
+
+import jaxsae
+import torchsae
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+# Pure math: same argument names, in the same order.
+PURE = [
+    "topk",
+    "topk_mask",
+    "lifetime_topk",
+    "lifetime_topk_mask",
+    "apply_mask",
+    "l1_penalty",
+    "kl_divergence",
+    "kl_penalty",
+    "sparsity_penalty",
+    "mse_loss",
+    "bce_loss",
+    "reconstruction_loss",
+    "loss_terms",
+    "activate",
+    "sparsity_mask",
+    "check_input",
+    "from_state_dict",
+]
+# Framework-shaped on purpose: JAX passes (params, config), torch passes the module that
+# holds its config. Names match; arguments follow each framework's idiom.
+IDIOMATIC = {"save_checkpoint", "load_checkpoint", "to_state_dict", "untie"}
+
+
+def test_public_names_match():
+    assert sorted(jaxsae.__all__) == sorted(torchsae.__all__)
+    for name in jaxsae.__all__:
+        assert hasattr(jaxsae, name) and hasattr(torchsae, name), name
+
+
+def test_shared_names_are_the_same_objects():
+    for name in ("SAEConfig", "ConfigError", "CheckpointError"):
+        assert getattr(jaxsae, name) is getattr(torchsae, name)
+
+
+def test_module_files_match():
+    files = {p.name for p in (ROOT / "jaxsae").glob("*.py")}
+    assert files == {p.name for p in (ROOT / "torchsae").glob("*.py")}
+
+
+def test_pure_functions_take_the_same_arguments():
+    for name in PURE:
+        a = list(inspect.signature(getattr(jaxsae, name)).parameters)
+        b = list(inspect.signature(getattr(torchsae, name)).parameters)
+        assert a == b, f"{name}: jaxsae{a} vs torchsae{b}"
+    callables = {
+        n
+        for n in jaxsae.__all__
+        if callable(getattr(jaxsae, n)) and not inspect.isclass(getattr(jaxsae, n))
+    }
+    assert (
+        callables == set(PURE) | IDIOMATIC
+    )  # every function is in one list or the other
+
+
+def test_output_fields_match():
+    assert jaxsae.AutoencoderOutput._fields == torchsae.AutoencoderOutput._fields
+
+
+def test_the_packages_never_import_each_other():
+    code = (
+        "import sys, jaxsae; assert 'torch' not in sys.modules and 'torchsae' not in sys.modules;"
+        "import torchsae; import importlib;"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+    code = "import sys, torchsae; assert 'jax' not in sys.modules and 'flax' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)

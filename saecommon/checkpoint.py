@@ -1,0 +1,127 @@
+"""The portable checkpoint: one safetensors file, PyTorch ``state_dict`` names and
+layouts, the config as JSON in the file's metadata. Framework-neutral (numpy only);
+jaxsae and torchsae convert to and from the numpy state dict.
+
+Loading never unpickles: safetensors holds raw tensors and a JSON header only.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+
+import numpy as np
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save as _save_bytes
+
+from saecommon.config import ConfigError, SAEConfig
+
+FORMAT = "sae-checkpoint"
+FORMAT_VERSION = "1"
+
+StateDict = Mapping[str, np.ndarray]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be read, or does not fit the model it is loaded into."""
+
+
+def expected_shapes(config: SAEConfig) -> dict[str, tuple[int, ...]]:
+    """PyTorch ``state_dict`` names and shapes of the model that ``config`` describes.
+
+    ``encoder.{i}.weight`` is ``[fan_out, fan_in]`` (``nn.Linear``); a tied decoder
+    layer has a bias and no weight.
+    """
+    shapes: dict[str, tuple[int, ...]] = {}
+    for i, (fan_in, fan_out) in enumerate(config.encoder_dims):
+        shapes[f"encoder.{i}.weight"] = (fan_out, fan_in)
+        shapes[f"encoder.{i}.bias"] = (fan_out,)
+    for i, (fan_in, fan_out) in enumerate(config.decoder_dims):
+        if not config.tied:
+            shapes[f"decoder.{i}.weight"] = (fan_out, fan_in)
+        shapes[f"decoder.{i}.bias"] = (fan_out,)
+    return shapes
+
+
+def check_state_dict(state_dict: StateDict, config: SAEConfig) -> None:
+    """Raise CheckpointError naming every missing, unexpected and mis-shaped key."""
+    expected = expected_shapes(config)
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    misshaped = [
+        f"{k}: checkpoint {tuple(state_dict[k].shape)}, model {expected[k]}"
+        for k in expected
+        if k in state_dict and tuple(state_dict[k].shape) != expected[k]
+    ]
+    problems = []
+    if missing:
+        problems.append("missing keys: " + ", ".join(missing))
+    if unexpected:
+        problems.append("unexpected keys: " + ", ".join(unexpected))
+    if misshaped:
+        problems.append("mis-shaped keys: " + "; ".join(misshaped))
+    if problems:
+        raise CheckpointError(
+            "checkpoint does not fit this architecture "
+            f"(hidden_dims={list(config.hidden_dims)}, tied={config.tied}): "
+            + " | ".join(problems)
+        )
+    dtypes = {state_dict[k].dtype for k in expected}
+    if len(dtypes) != 1 or not np.issubdtype(next(iter(dtypes)), np.floating):
+        raise CheckpointError(
+            f"checkpoint tensors must share one float dtype, got {dtypes}"
+        )
+
+
+def write_checkpoint(path: str | os.PathLike, state_dict: StateDict, config: SAEConfig):
+    """Write ``state_dict`` and ``config`` atomically: a kill mid-write leaves the old
+    file (or none), never a truncated one."""
+    check_state_dict(state_dict, config)
+    arrays = {k: np.ascontiguousarray(v) for k, v in state_dict.items()}
+    metadata = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "config": config.to_json(),
+    }
+    data = _save_bytes(arrays, metadata=metadata)
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".safetensors")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], SAEConfig]:
+    """Read a checkpoint written by either package: (numpy state dict, config)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        with safe_open(path, framework="np") as f:
+            metadata = f.metadata() or {}
+            state_dict = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(
+            f"{path} is not a readable safetensors file (truncated or corrupt?): {err}"
+        ) from None
+    if metadata.get("format") != FORMAT or "config" not in metadata:
+        raise CheckpointError(
+            f"{path} is a safetensors file but not an SAE checkpoint "
+            "(its metadata has no 'format': 'sae-checkpoint' and 'config')"
+        )
+    try:
+        config = SAEConfig.from_json(metadata["config"])
+    except (ConfigError, TypeError) as err:
+        raise CheckpointError(f"{path} holds an invalid config: {err}") from None
+    check_state_dict(state_dict, config)
+    return state_dict, config

@@ -1,0 +1,56 @@
+"""Sparse autoencoders in PyTorch, mirroring jaxsae name for name."""
+
+from saecommon.checkpoint import CheckpointError
+from saecommon.config import ConfigError, SAEConfig
+from torchsae.checkpoint import (
+    from_state_dict,
+    load_checkpoint,
+    save_checkpoint,
+    to_state_dict,
+)
+from torchsae.losses import bce_loss, loss_terms, mse_loss, reconstruction_loss
+from torchsae.models import (
+    Autoencoder,
+    AutoencoderOutput,
+    activate,
+    check_input,
+    sparsity_mask,
+    untie,
+)
+from torchsae.penalties import kl_divergence, kl_penalty, l1_penalty, sparsity_penalty
+from torchsae.sparsity import (
+    apply_mask,
+    lifetime_topk,
+    lifetime_topk_mask,
+    topk,
+    topk_mask,
+)
+
+__all__ = [
+    "Autoencoder",
+    "AutoencoderOutput",
+    "CheckpointError",
+    "ConfigError",
+    "SAEConfig",
+    "activate",
+    "apply_mask",
+    "bce_loss",
+    "check_input",
+    "from_state_dict",
+    "kl_divergence",
+    "kl_penalty",
+    "l1_penalty",
+    "lifetime_topk",
+    "lifetime_topk_mask",
+    "load_checkpoint",
+    "loss_terms",
+    "mse_loss",
+    "reconstruction_loss",
+    "save_checkpoint",
+    "sparsity_mask",
+    "sparsity_penalty",
+    "to_state_dict",
+    "topk",
+    "topk_mask",
+    "untie",
+]

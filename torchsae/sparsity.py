@@ -1,0 +1,86 @@
+"""Hard sparsity layers: per-sample top-k and lifetime (winner-take-all) top-k.
+
+Tie rule, the same in jaxsae on every device: among equal values the lower index
+wins (lower feature index for per-sample top-k, lower sample index for lifetime top-k).
+``torch.topk`` promises no order among ties, so it is asked only for the *value* of the
+k-th largest entry, which is unambiguous; the mask is "strictly above it, plus the first
+``need`` entries equal to it", so no library tie-breaking (and no -0.0 vs 0.0 ordering)
+can leak in.
+
+``apply_mask`` is the one ``torch.autograd.Function``: its backward passes the incoming
+gradient through the kept entries only. ``topk`` and ``lifetime_topk`` are
+mask-then-apply.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from saecommon.config import check_topk, resolve_lifetime_k
+
+
+def _first_k_mask(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep the k largest entries of each row of x [rows, n]; ties to the lower index."""
+    kth = torch.topk(x, k, dim=-1, sorted=True).values[:, k - 1 : k]  # [rows, 1]
+    above = x > kth
+    tied = x == kth
+    need = k - above.sum(dim=-1, keepdim=True)
+    return above | (tied & (tied.cumsum(dim=-1) <= need))
+
+
+def topk_mask(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Bool mask [batch, code]: the k largest units of each sample."""
+    _check_2d(x)
+    check_topk(k, x.shape[1])
+    return _first_k_mask(x, k)
+
+
+def lifetime_topk_mask(
+    x: torch.Tensor, k: int | None = None, rate: float | None = None
+) -> torch.Tensor:
+    """Bool mask [batch, code]: per code unit, its k largest values across the batch.
+
+    Give ``k`` (clamped to the batch) or ``rate`` (k = ceil(rate * batch)).
+    """
+    _check_2d(x)
+    k = resolve_lifetime_k(x.shape[0], k, rate)
+    return _first_k_mask(x.T, k).T
+
+
+class _ApplyMask(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, mask):
+        ctx.save_for_backward(mask)
+        return torch.where(mask, x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+    @staticmethod
+    def backward(ctx, g):
+        (mask,) = ctx.saved_tensors
+        # the mask is piecewise constant: no gradient
+        return torch.where(
+            mask, g, torch.zeros((), dtype=g.dtype, device=g.device)
+        ), None
+
+
+def apply_mask(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """x where mask, else 0; the gradient flows through the kept entries only."""
+    return _ApplyMask.apply(x, mask)
+
+
+def topk(x: torch.Tensor, k: int) -> torch.Tensor:
+    """x [batch, code] with all but the k largest units of each sample set to 0."""
+    return apply_mask(x, topk_mask(x, k))
+
+
+def lifetime_topk(
+    x: torch.Tensor, k: int | None = None, rate: float | None = None
+) -> torch.Tensor:
+    """x [batch, code] with all but each unit's k largest values over the batch set to 0."""
+    return apply_mask(x, lifetime_topk_mask(x, k, rate))
+
+
+def _check_2d(x) -> None:
+    if x.ndim != 2:
+        raise ValueError(
+            f"sparsity layers take a code [batch, code], got shape {x.shape}"
+        )
