@@ -78,3 +78,19 @@ def test_the_packages_never_import_each_other():
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
     code = "import sys, torchsae; assert 'jax' not in sys.modules and 'flax' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_training_modules_share_their_contract():
+    from jaxsae import training as jt
+    from torchsae import training as tt
+
+    for name in ("make_optimizer", "corrupt", "make_train_step", "train", "FRAMEWORK"):
+        assert hasattr(jt, name) and hasattr(tt, name), name
+    # train(run, out_dir, *, resume, data, progress): torch adds device and compile.
+    a = inspect.signature(jt.train).parameters
+    b = inspect.signature(tt.train).parameters
+    assert list(a) == list(b)[: len(a)] and list(b)[len(a) :] == ["device", "compile"]
+    # The JAX epoch is a jitted scan (make_train_epoch/make_evaluate build jitted
+    # functions); torch loops eagerly over resident tensors (train_epoch/evaluate).
+    assert hasattr(jt, "make_train_epoch") and hasattr(tt, "train_epoch")
+    assert hasattr(jt, "make_evaluate") and hasattr(tt, "evaluate")

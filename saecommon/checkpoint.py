@@ -84,11 +84,18 @@ def write_checkpoint(path: str | os.PathLike, state_dict: StateDict, config: SAE
         "format_version": FORMAT_VERSION,
         "config": config.to_json(),
     }
-    data = _save_bytes(arrays, metadata=metadata)
+    atomic_write(path, _save_bytes(arrays, metadata=metadata))
+
+
+def atomic_write(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to a temp file beside ``path``, fsync, then rename over ``path``:
+    a kill at any moment leaves the old file (or none), never a truncated one."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".safetensors")
+    fd, tmp = tempfile.mkstemp(
+        dir=directory, prefix=".tmp-", suffix=os.path.basename(path)
+    )
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -106,14 +113,7 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], SAE
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise CheckpointError(f"no checkpoint at {path}")
-    try:
-        with safe_open(path, framework="np") as f:
-            metadata = f.metadata() or {}
-            state_dict = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError, ValueError) as err:
-        raise CheckpointError(
-            f"{path} is not a readable safetensors file (truncated or corrupt?): {err}"
-        ) from None
+    state_dict, metadata = read_safetensors(path)
     if metadata.get("format") != FORMAT or "config" not in metadata:
         raise CheckpointError(
             f"{path} is a safetensors file but not an SAE checkpoint "
@@ -125,3 +125,15 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], SAE
         raise CheckpointError(f"{path} holds an invalid config: {err}") from None
     check_state_dict(state_dict, config)
     return state_dict, config
+
+
+def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
+    """(arrays, metadata) of a safetensors file; CheckpointError if it is unreadable."""
+    try:
+        with safe_open(os.fspath(path), framework="np") as f:
+            metadata = f.metadata() or {}
+            return {k: f.get_tensor(k) for k in f.keys()}, metadata
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(
+            f"{path} is not a readable safetensors file (truncated or corrupt?): {err}"
+        ) from None

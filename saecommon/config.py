@@ -73,19 +73,19 @@ class SAEConfig:
     def __post_init__(self):
         # JSON gives lists; keep the dataclass hashable and comparable.
         object.__setattr__(self, "hidden_dims", tuple(self.hidden_dims))
-        _check_int("input_dim", self.input_dim, minimum=1)
+        check_int("input_dim", self.input_dim, minimum=1)
         if not self.hidden_dims:
             raise ConfigError("hidden_dims must name at least one layer (the code)")
         for i, width in enumerate(self.hidden_dims):
-            _check_int(f"hidden_dims[{i}]", width, minimum=1)
-        _check_choice("activation", self.activation, ACTIVATIONS)
-        _check_choice("code_activation", self.code_activation, ACTIVATIONS)
-        _check_choice("output_activation", self.output_activation, OUTPUT_ACTIVATIONS)
-        _check_float("negative_slope", self.negative_slope)
+            check_int(f"hidden_dims[{i}]", width, minimum=1)
+        check_choice("activation", self.activation, ACTIVATIONS)
+        check_choice("code_activation", self.code_activation, ACTIVATIONS)
+        check_choice("output_activation", self.output_activation, OUTPUT_ACTIVATIONS)
+        check_float("negative_slope", self.negative_slope)
         if not isinstance(self.tied, bool):
             raise ConfigError(f"tied must be true or false, got {self.tied!r}")
         if self.topk is not None:
-            _check_int("topk", self.topk, minimum=1)
+            check_int("topk", self.topk, minimum=1)
             if self.topk > self.code_dim:
                 raise ConfigError(
                     f"topk={self.topk} is larger than the code ({self.code_dim} units)"
@@ -93,17 +93,17 @@ class SAEConfig:
         if self.lifetime_k is not None and self.lifetime_rate is not None:
             raise ConfigError("set lifetime_k or lifetime_rate, not both")
         if self.lifetime_k is not None:
-            _check_int("lifetime_k", self.lifetime_k, minimum=1)
+            check_int("lifetime_k", self.lifetime_k, minimum=1)
         if self.lifetime_rate is not None:
             check_lifetime_rate(self.lifetime_rate)
-        _check_choice("penalty", self.penalty, PENALTIES)
-        _check_float("penalty_weight", self.penalty_weight)
+        check_choice("penalty", self.penalty, PENALTIES)
+        check_float("penalty_weight", self.penalty_weight)
         if self.penalty_weight < 0:
             raise ConfigError(f"penalty_weight must be >= 0, got {self.penalty_weight}")
-        _check_choice("l1_layers", self.l1_layers, L1_LAYERS)
+        check_choice("l1_layers", self.l1_layers, L1_LAYERS)
         check_rho(self.kl_rho)
-        _check_choice("kl_reduction", self.kl_reduction, REDUCTIONS)
-        _check_float("kl_eps", self.kl_eps)
+        check_choice("kl_reduction", self.kl_reduction, REDUCTIONS)
+        check_float("kl_eps", self.kl_eps)
         if not 0 < self.kl_eps < 0.5:
             raise ConfigError(f"kl_eps must be in (0, 0.5), got {self.kl_eps}")
         if self.penalty == "kl" and self.code_activation != "sigmoid":
@@ -112,7 +112,7 @@ class SAEConfig:
                 "must lie in [0, 1]: set code_activation='sigmoid' "
                 f"(got {self.code_activation!r})"
             )
-        _check_choice("loss", self.loss, LOSSES)
+        check_choice("loss", self.loss, LOSSES)
         if self.loss == "bce" and self.output_activation != "sigmoid":
             raise ConfigError(
                 "bce needs probabilities: set output_activation='sigmoid' "
@@ -172,21 +172,21 @@ class SAEConfig:
 
 def check_topk(k: Any, width: int) -> int:
     """k for per-sample top-k over ``width`` code units; raises ConfigError if unusable."""
-    _check_int("k", k, minimum=1)
+    check_int("k", k, minimum=1)
     if k > width:
         raise ConfigError(f"k={k} is larger than the code ({width} units)")
     return k
 
 
 def check_lifetime_rate(rate: Any) -> float:
-    _check_float("lifetime rate", rate)
+    check_float("lifetime rate", rate)
     if not 0 < rate <= 1:
         raise ConfigError(f"lifetime rate must be in (0, 1], got {rate}")
     return rate
 
 
 def check_rho(rho: Any) -> float:
-    _check_float("rho", rho)
+    check_float("rho", rho)
     if not 0 < rho < 1:
         raise ConfigError(f"rho must be in (0, 1), got {rho}")
     return rho
@@ -200,27 +200,27 @@ def resolve_lifetime_k(
     if (k is None) == (rate is None):
         raise ConfigError("lifetime top-k needs exactly one of k or rate")
     if k is not None:
-        _check_int("lifetime k", k, minimum=1)
+        check_int("lifetime k", k, minimum=1)
         return min(k, batch)
     check_lifetime_rate(rate)
     return max(1, min(batch, math.ceil(rate * batch)))
 
 
-def _check_int(name: str, value: Any, minimum: int) -> None:
+def check_int(name: str, value: Any, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigError(f"{name} must be an integer, got {value!r}")
     if value < minimum:
         raise ConfigError(f"{name} must be >= {minimum}, got {value}")
 
 
-def _check_float(name: str, value: Any) -> None:
+def check_float(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(f"{name} must be a number, got {value!r}")
     if not math.isfinite(value):
         raise ConfigError(f"{name} must be finite, got {value!r}")
 
 
-def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ConfigError(
             f"unknown {name} {value!r}; expected one of {', '.join(choices)}"

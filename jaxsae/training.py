@@ -1,0 +1,258 @@
+"""Jitted training: a pure ``train_step``, epochs as ``lax.scan`` over device-resident
+data, evaluation as a scan, checkpoints every epoch, ``resume`` to continue.
+
+Randomness: ``key = PRNGKey(seed)`` splits into an init key and a training key; epoch e
+uses ``fold_in(train_key, e)`` for its shuffle and its per-step noise keys, so a resumed
+run draws exactly what an uninterrupted one would. The short last batch of an epoch is
+dropped (static shapes); each epoch reshuffles, so every sample is seen over time.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxsae.checkpoint import save_checkpoint, to_state_dict
+from jaxsae.losses import loss_terms
+from jaxsae.models import Autoencoder
+from saecommon import runs
+from saecommon.checkpoint import CheckpointError
+from saecommon.config import SAEConfig
+from saecommon.train_config import RunConfig, TrainConfig
+
+FRAMEWORK = "jax"
+
+
+class TrainState(NamedTuple):
+    params: Any
+    opt_state: Any
+    step: jax.Array  # int32 scalar: updates done
+
+
+def make_optimizer(
+    tcfg: TrainConfig, steps_per_epoch: int
+) -> optax.GradientTransformation:
+    """Adam / AdamW / SGD with momentum. The learning rate lives in the optimizer state
+    (``inject_hyperparams``) so reduce-on-plateau can change it between epochs."""
+    if tcfg.schedule == "cosine":
+        lr = optax.cosine_decay_schedule(
+            tcfg.learning_rate, tcfg.epochs * steps_per_epoch
+        )
+    else:
+        lr = tcfg.learning_rate
+
+    def build(learning_rate):
+        if tcfg.optimizer == "adamw":
+            return optax.adamw(learning_rate, weight_decay=tcfg.weight_decay)
+        if tcfg.optimizer == "sgd":
+            return optax.sgd(learning_rate, momentum=tcfg.momentum)
+        return optax.adam(learning_rate)
+
+    return optax.inject_hyperparams(build)(learning_rate=lr)
+
+
+def corrupt(x: jax.Array, key: jax.Array, tcfg: TrainConfig, pixel_range=(0.0, 1.0)):
+    """Denoising input noise; ``pixel_range`` is where pixel values 0 and 1 sit after
+    preprocessing (Gaussian noise is clipped to it, masking sets pixels to its low end)."""
+    lo, hi = pixel_range
+    if tcfg.noise == "gaussian":
+        return jnp.clip(
+            x + tcfg.noise_std * jax.random.normal(key, x.shape, x.dtype), lo, hi
+        )
+    if tcfg.noise == "masking":
+        keep = jax.random.uniform(key, x.shape) >= tcfg.mask_fraction
+        return jnp.where(keep, x, lo)
+    return x
+
+
+def make_train_step(
+    config: SAEConfig,
+    tcfg: TrainConfig,
+    optimizer: optax.GradientTransformation,
+    pixel_range=(0.0, 1.0),
+) -> Callable:
+    """``train_step(state, batch [batch, input], key) -> (state, metrics)``, pure."""
+    model = Autoencoder(config)
+
+    def train_step(state: TrainState, batch: jax.Array, key: jax.Array):
+        inputs = corrupt(batch, key, tcfg, pixel_range)
+
+        def objective(params):
+            out = model.apply({"params": params}, inputs, train=True)
+            terms = loss_terms(out, batch, config)  # the target is the clean input
+            return terms["loss"], (terms, out.code)
+
+        (_, (terms, code)), grads = jax.value_and_grad(objective, has_aux=True)(
+            state.params
+        )
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {**terms, "l0": jnp.mean(jnp.sum(code != 0, axis=1))}
+        return TrainState(params, opt_state, state.step + 1), metrics
+
+    return train_step
+
+
+def make_train_epoch(train_step: Callable, batch_size: int) -> Callable:
+    """``epoch(state, data [n, input], key) -> (state, per-step metrics [steps])``,
+    jitted once with the state donated: one shuffle, a scan over ``n // batch_size``
+    minibatches gathered on the device, no host round trip per step."""
+
+    def train_epoch(state: TrainState, data: jax.Array, key: jax.Array):
+        steps = data.shape[0] // batch_size
+        perm_key, noise_key = jax.random.split(key)
+        order = jax.random.permutation(perm_key, data.shape[0])[: steps * batch_size]
+
+        def body(state, xs):
+            indices, step_key = xs
+            return train_step(state, data[indices], step_key)
+
+        xs = (order.reshape(steps, batch_size), jax.random.split(noise_key, steps))
+        return jax.lax.scan(body, state, xs)
+
+    return jax.jit(train_epoch, donate_argnums=0)
+
+
+def make_evaluate(config: SAEConfig, batch_size: int) -> Callable:
+    """``evaluate(params, data [n, input]) -> metrics`` over every sample, in evaluation
+    mode (no lifetime top-k, no noise): recon, penalty, loss and l0 are means over
+    samples (penalties per batch of ``batch_size``, weighted by its size);
+    dead_fraction is the share of code units zero on every sample."""
+    model = Autoencoder(config)
+
+    def batch_metrics(params, x):
+        out = model.apply({"params": params}, x, train=False)
+        terms = loss_terms(out, x, config)
+        active = out.code != 0
+        return {**terms, "l0": jnp.mean(jnp.sum(active, axis=1))}, jnp.any(
+            active, axis=0
+        )
+
+    @jax.jit
+    def scan_batches(params, batches):
+        def body(alive, x):
+            metrics, active = batch_metrics(params, x)
+            return alive | active, metrics
+
+        alive = jnp.zeros((config.code_dim,), bool)
+        return jax.lax.scan(body, alive, batches)
+
+    tail_metrics = jax.jit(batch_metrics)
+
+    def evaluate(params, data) -> dict[str, float]:
+        n = data.shape[0]
+        full = n // batch_size * batch_size
+        sums: dict[str, float] = {}
+        alive = np.zeros(config.code_dim, bool)
+        if full:
+            batches = data[:full].reshape(-1, batch_size, data.shape[1])
+            alive_full, metrics = scan_batches(params, batches)
+            alive |= np.asarray(alive_full)
+            sums = {k: float(np.sum(v)) * batch_size for k, v in metrics.items()}
+        if full < n:  # the remainder as one smaller batch (a second compiled shape)
+            metrics, active = tail_metrics(params, data[full:])
+            alive |= np.asarray(active)
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + float(v) * (n - full)
+        out = {k: v / n for k, v in sums.items()}
+        out["dead_fraction"] = float(1 - alive.mean())
+        return out
+
+    return evaluate
+
+
+def _state_arrays(state: TrainState) -> dict[str, np.ndarray]:
+    leaves = jax.tree_util.tree_flatten_with_path(state)[0]
+    return {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in leaves}
+
+
+def _restore_state(
+    template: TrainState, arrays: dict[str, np.ndarray], path
+) -> TrainState:
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(template)
+    names = [jax.tree_util.keystr(p) for p, _ in leaves]
+    if sorted(names) != sorted(arrays):
+        raise CheckpointError(f"{path} does not hold this model's training state")
+    restored = []
+    for name, (_, leaf) in zip(names, leaves):
+        value = arrays[name]
+        if value.size != leaf.size:  # safetensors stores 0-d arrays as shape (1,)
+            raise CheckpointError(
+                f"{path}: {name} has shape {value.shape}, not {leaf.shape}"
+            )
+        restored.append(jnp.asarray(value.reshape(leaf.shape), dtype=leaf.dtype))
+    return jax.tree_util.tree_unflatten(treedef, restored)
+
+
+def train(
+    run: RunConfig,
+    out_dir: str | os.PathLike,
+    *,
+    resume: bool = False,
+    data: runs.PreparedData | None = None,
+    progress: bool = True,
+) -> list[dict]:
+    """Train ``run`` and write the run directory; returns the metrics history.
+
+    With ``resume``, continue from ``out_dir``'s train state (only ``epochs`` may
+    differ); the result equals an uninterrupted run with the same seed."""
+    mcfg, tcfg = run.model, run.train
+    data = runs.prepare_data(run) if data is None else data
+    steps_per_epoch = len(data.train) // tcfg.batch_size
+    optimizer = make_optimizer(tcfg, steps_per_epoch)
+    train_step = make_train_step(mcfg, tcfg, optimizer, data.pixel_range)
+    train_epoch = make_train_epoch(train_step, tcfg.batch_size)
+    evaluate = make_evaluate(mcfg, tcfg.eval_batch_size)
+
+    init_key, train_key = jax.random.split(jax.random.key(tcfg.seed))
+    params = Autoencoder(mcfg).init(init_key, jnp.zeros((1, mcfg.input_dim)))["params"]
+    state = TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
+    recorder = runs.RunRecorder(
+        run, out_dir, FRAMEWORK, data, resume=resume, progress=progress
+    )
+    if recorder.resumed is not None:
+        state = _restore_state(state, recorder.resumed[0], recorder.state_path)
+
+    train_x = jnp.asarray(data.train)  # resident on the device for the whole run
+    eval_x = {"val": jnp.asarray(data.val), "test": jnp.asarray(data.test)}
+    try:
+        for epoch in range(recorder.first_epoch, tcfg.epochs):
+            recorder.begin_epoch()
+            hyper = state.opt_state.hyperparams
+            lr = float(hyper["learning_rate"])
+            state, step_metrics = train_epoch(
+                state, train_x, jax.random.fold_in(train_key, epoch)
+            )
+            row = recorder.row(
+                epoch,
+                lr,
+                jax.device_get(step_metrics),
+                lambda split, params=state.params: evaluate(params, eval_x[split]),
+            )
+            new_lr = recorder.next_lr(row, lr)
+            if new_lr != lr:  # the learning rate lives in the optimizer state
+                hyper["learning_rate"] = jnp.asarray(
+                    new_lr, hyper["learning_rate"].dtype
+                )
+            recorder.save(
+                row,
+                _state_arrays(state),
+                lambda path, params=state.params: save_checkpoint(path, params, mcfg),
+            )
+    finally:
+        recorder.close()
+    recorder.finish(
+        lambda x: _forward(mcfg, state.params, x), to_state_dict(state.params)
+    )
+    return recorder.history
+
+
+def _forward(config: SAEConfig, params, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    out = Autoencoder(config).apply({"params": params}, jnp.asarray(x), train=False)
+    return np.asarray(out.reconstruction), np.asarray(out.code)

@@ -1,0 +1,518 @@
+"""The framework-neutral data layer: IDX files, the shipped MNIST, tensorflow-datasets.
+
+Everything here is numpy. A :class:`Dataset` holds uint8 images ``[n, h, w]`` and
+integer labels ``[n]`` for a train and a test split; :func:`flatten_images`,
+:class:`Normalization` and :func:`split_validation` turn them into the float32
+``[n, features]`` arrays both model packages train on. Every bad input raises
+:class:`DataError` with one message that names the file or array and what is wrong.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import hashlib
+import math
+import numbers
+import os
+import pathlib
+import zlib
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:  # annotations only: importlib.resources.abc is Python 3.11+
+    from importlib.resources.abc import Traversable
+
+IDX_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+"""The four standard IDX file names (MNIST, Fashion-MNIST, KMNIST), without ``.gz``."""
+SUMS_FILE = "SHA256SUMS.uncompressed"
+"""sha256sum-format list of the sums of the IDX files after gunzip."""
+
+_GZIP_MAGIC = b"\x1f\x8b"
+_UINT8 = 0x08
+# The other IDX type codes, named so that an unsupported file says what it holds.
+_IDX_TYPES = {
+    0x09: "int8",
+    0x0B: "int16",
+    0x0C: "int32",
+    0x0D: "float32",
+    0x0E: "float64",
+}
+# The shipped copy, inside the package (pyproject.toml lists it as package data).
+_MNIST_RESOURCE = "datasets/mnist"
+
+
+class DataError(ValueError):
+    """A data file, dataset spec or array cannot be used as given."""
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Dataset:
+    """A train and a test split of uint8 images with integer labels.
+
+    ``eq=False``: equality and hashing are by identity, since numpy arrays compare
+    elementwise and cannot be hashed.
+    """
+
+    name: str
+    """Where the data came from: "mnist", a directory, or "tfds:NAME"."""
+    train_images: np.ndarray
+    """[n_train, h, w] uint8 (or [n_train, h, w, c] for colour images)."""
+    train_labels: np.ndarray
+    """[n_train] integer class labels (uint8 from IDX files, int64 from tfds)."""
+    test_images: np.ndarray
+    """[n_test, h, w] uint8, the same image shape as train_images."""
+    test_labels: np.ndarray
+    """[n_test] integer class labels."""
+
+    def __post_init__(self):
+        for split in ("train", "test"):
+            images = getattr(self, f"{split}_images")
+            labels = getattr(self, f"{split}_labels")
+            where = f"dataset {self.name!r}: {split}"
+            if not isinstance(images, np.ndarray) or images.dtype != np.uint8:
+                raise DataError(
+                    f"{where}_images must be a uint8 numpy array, got "
+                    f"{_describe(images)}"
+                )
+            if images.ndim < 3:
+                raise DataError(
+                    f"{where}_images must be [n, h, w] or [n, h, w, c], got shape "
+                    f"{images.shape}"
+                )
+            if not isinstance(labels, np.ndarray) or labels.ndim != 1:
+                raise DataError(
+                    f"{where}_labels must be a 1-D numpy array [n], got "
+                    f"{_describe(labels)}"
+                )
+            if not np.issubdtype(labels.dtype, np.integer):
+                raise DataError(
+                    f"{where}_labels must hold integers, got dtype {labels.dtype}"
+                )
+            if len(images) != len(labels):
+                raise DataError(
+                    f"{where}_images has {len(images)} samples but {split}_labels "
+                    f"has {len(labels)}"
+                )
+        if self.train_images.shape[1:] != self.test_images.shape[1:]:
+            raise DataError(
+                f"dataset {self.name!r}: train images are "
+                f"{self.train_images.shape[1:]} but test images are "
+                f"{self.test_images.shape[1:]}"
+            )
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        """Shape of one image, e.g. (28, 28); its product is the model's input_dim."""
+        return self.train_images.shape[1:]
+
+
+@dataclasses.dataclass(frozen=True)
+class Normalization:
+    """Scalar standardisation ``(x - mean) / std``, fitted on the training split."""
+
+    mean: float
+    """Mean over every element of the training array."""
+    std: float
+    """Standard deviation over every element of the training array; > 0."""
+
+    def __post_init__(self):
+        for field in ("mean", "std"):
+            value = getattr(self, field)
+            if not _is_real(value):
+                raise DataError(
+                    f"normalization {field} must be a number, got {value!r}"
+                )
+            if not math.isfinite(value):
+                raise DataError(f"normalization {field} must be finite, got {value!r}")
+            # A plain float: numpy scalars would change the dtype of apply's result.
+            object.__setattr__(self, field, float(value))
+        if self.std <= 0:
+            raise DataError(f"normalization std must be > 0, got {self.std!r}")
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        """[...] -> [...] standardised; a float32 input stays float32."""
+        return (x - self.mean) / self.std
+
+    def invert(self, x: np.ndarray) -> np.ndarray:
+        """Undo :meth:`apply`: [...] -> [...] in the original scale."""
+        return x * self.std + self.mean
+
+
+def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read one IDX file, gzip-compressed (detected by its 1f 8b magic) or raw.
+
+    Returns a uint8 array shaped by the header's dims, e.g. [60000, 28, 28].
+    Only the uint8 type code (0x08) is supported.
+    """
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as err:
+        raise DataError(f"{path}: cannot read IDX file: {err.strerror}") from None
+    return _parse_idx(_gunzip(data, path), path)
+
+
+def load_idx_dir(directory: str | os.PathLike[str], verify: bool = True) -> Dataset:
+    """Load the four standard IDX files from a directory.
+
+    Each file may be gzip-compressed (``NAME.gz``) or raw (``NAME``); if both are
+    there the raw one is read. MNIST, Fashion-MNIST and KMNIST all use these names.
+    With ``verify`` and a ``SHA256SUMS.uncompressed`` file in the directory, the
+    sha256 of each file's uncompressed bytes must match its listed sum.
+    """
+    root = os.fspath(directory)
+    if not os.path.isdir(root):
+        problem = "is not a directory" if os.path.exists(root) else "does not exist"
+        raise DataError(f"{root} {problem}; expected a directory of IDX files")
+    return _load_idx_tree(pathlib.Path(root), root, verify)
+
+
+def load_dataset(spec: str | os.PathLike[str], verify: bool = True) -> Dataset:
+    """Load a dataset by spec.
+
+    - ``"mnist"``: the copy shipped inside this package (works offline);
+    - a path to a directory holding the four IDX files: :func:`load_idx_dir`
+      (a local folder called ``mnist`` must be written ``./mnist``);
+    - ``"tfds:NAME"``: the train and test splits of a tensorflow-datasets dataset,
+      read through ``tfds.data_source`` (no TensorFlow needed once prepared).
+    """
+    if isinstance(spec, os.PathLike):
+        spec = os.fspath(spec)
+    if not isinstance(spec, str):
+        raise DataError(f"dataset spec must be a string, got {spec!r}")
+    if spec == "mnist":
+        root = resources.files("saecommon")
+        for part in _MNIST_RESOURCE.split("/"):  # one part per joinpath on 3.10
+            root = root.joinpath(part)
+        return _load_idx_tree(root, "mnist", verify, source="the shipped MNIST")
+    if spec.startswith("tfds:"):
+        return _load_tfds(spec.removeprefix("tfds:"))
+    if os.path.isdir(spec):
+        return load_idx_dir(spec, verify=verify)
+    problem = "is a file, not a directory" if os.path.exists(spec) else "is unknown"
+    raise DataError(
+        f"dataset {spec!r} {problem}; expected 'mnist' (the shipped copy), a "
+        "directory holding the four IDX files (train-images-idx3-ubyte, "
+        "train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte, "
+        "each optionally .gz), or 'tfds:NAME' (tensorflow-datasets)"
+    )
+
+
+def flatten_images(images: np.ndarray) -> np.ndarray:
+    """[n, h, w] (or [n, h, w, c]) uint8 -> [n, h*w(*c)] float32 in [0, 1] (x / 255)."""
+    if not isinstance(images, np.ndarray) or images.dtype != np.uint8:
+        raise DataError(
+            f"flatten_images expects uint8 images, got {_describe(images)}; "
+            "scaling anything else by 1/255 would be wrong"
+        )
+    if images.ndim not in (3, 4):
+        raise DataError(
+            f"flatten_images expects [n, h, w] or [n, h, w, c], got shape "
+            f"{images.shape}"
+        )
+    flat = images.reshape(len(images), -1).astype(np.float32)
+    flat /= np.float32(255)
+    return flat
+
+
+def fit_normalization(x_train: np.ndarray) -> Normalization:
+    """Scalar mean and std over every element of ``x_train`` ([n, features])."""
+    x = np.asarray(x_train)
+    if x.size == 0:
+        raise DataError("cannot fit a normalization to an empty training array")
+    check_finite(x, "x_train")
+    # float64 accumulation: 47M float32 elements would lose digits otherwise.
+    mean = float(np.mean(x, dtype=np.float64))
+    std = float(np.std(x, dtype=np.float64))
+    if not std > 0:
+        raise DataError(
+            f"x_train is constant (every element {mean!r}): its std is 0, so it "
+            "cannot be normalized"
+        )
+    return Normalization(mean=mean, std=std)
+
+
+def check_finite(x: np.ndarray, name: str) -> None:
+    """Raise DataError if ``x`` holds NaN or inf, naming ``name``, the count of each
+    and the index of the first bad entry."""
+    x = np.asarray(x)
+    if not np.issubdtype(x.dtype, np.inexact):
+        return  # integers and booleans are always finite
+    bad = ~np.isfinite(x)
+    count = int(np.count_nonzero(bad))
+    if count == 0:
+        return
+    n_nan = int(np.count_nonzero(np.isnan(x)))
+    first = tuple(int(i) for i in np.unravel_index(int(np.argmax(bad)), x.shape))
+    raise DataError(
+        f"{name} has {count} non-finite entries ({n_nan} NaN, {count - n_nan} inf) "
+        f"of {x.size}; the first is at index {first}"
+    )
+
+
+def split_validation(
+    images: np.ndarray, labels: np.ndarray, fraction: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Hold out the LAST ``round(fraction * n)`` samples as validation (no RNG).
+
+    images [n, ...], labels [n] -> (train_images [n - v, ...], train_labels [n - v],
+    val_images [v, ...], val_labels [v]); the results are views, not copies.
+    ``fraction`` is in [0, 1); 0 gives empty validation arrays. ``round`` is
+    Python's (halves go to the even number).
+    """
+    if not _is_real(fraction):
+        raise DataError(f"validation fraction must be a number, got {fraction!r}")
+    if not 0 <= fraction < 1:
+        raise DataError(f"validation fraction must be in [0, 1), got {fraction!r}")
+    if len(images) != len(labels):
+        raise DataError(
+            f"images has {len(images)} samples but labels has {len(labels)}"
+        )
+    n = len(images)
+    n_val = round(fraction * n)
+    if n_val == n and n > 0:
+        raise DataError(
+            f"validation fraction {fraction} of {n} samples keeps {n_val} for "
+            "validation and none for training"
+        )
+    cut = n - n_val
+    return images[:cut], labels[:cut], images[cut:], labels[cut:]
+
+
+def _gunzip(data: bytes, source: str) -> bytes:
+    """Decompress gzip data (recognised by its 1f 8b magic); other bytes pass as is."""
+    if data[:2] != _GZIP_MAGIC:
+        return data
+    try:
+        return gzip.decompress(data)
+    except (OSError, EOFError, zlib.error) as err:
+        raise DataError(f"{source}: broken gzip data: {err}") from None
+
+
+def _parse_idx(data: bytes, source: str) -> np.ndarray:
+    """Uncompressed IDX bytes -> uint8 array shaped by the header."""
+    if len(data) < 4:
+        raise DataError(
+            f"{source}: {len(data)} bytes is too short for an IDX header (4+ bytes)"
+        )
+    if data[0] != 0 or data[1] != 0:
+        raise DataError(
+            f"{source}: not an IDX file: magic starts with {data[:4].hex()}, "
+            "expected 0000 then a type code and the number of dims (e.g. 00000803)"
+        )
+    type_code, ndim = data[2], data[3]
+    if type_code != _UINT8:
+        kind = _IDX_TYPES.get(type_code)
+        what = f"holds {kind}" if kind else "is not an IDX type code"
+        raise DataError(
+            f"{source}: type code 0x{type_code:02x} {what}; only uint8 (0x08) is "
+            "supported"
+        )
+    if ndim == 0:
+        raise DataError(f"{source}: header says 0 dims; expected at least 1")
+    header_len = 4 + 4 * ndim
+    if len(data) < header_len:
+        raise DataError(
+            f"{source}: header says {ndim} dims ({header_len} header bytes), file has "
+            f"{len(data)} bytes"
+        )
+    dims = tuple(
+        int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)
+    )
+    expected = math.prod(dims)
+    actual = len(data) - header_len
+    if actual != expected:
+        raise DataError(
+            f"{source}: header says {expected} bytes of data (dims "
+            f"{' x '.join(map(str, dims))}), file has {actual}"
+        )
+    # copy(): a writable array that owns its memory, not a view of the bytes.
+    return np.frombuffer(data, np.uint8, offset=header_len).reshape(dims).copy()
+
+
+def _load_idx_tree(
+    root: Traversable, name: str, verify: bool, source: str | None = None
+) -> Dataset:
+    """The four IDX files under ``root`` (a directory or package resource)."""
+    source = source or str(root)
+    present = {entry.name for entry in root.iterdir() if entry.is_file()}
+    chosen = {}
+    for field, base in IDX_FILES.items():
+        # The raw file first: no gunzip, and what a user who unpacked it means.
+        for candidate in (base, base + ".gz"):
+            if candidate in present:
+                chosen[field] = candidate
+                break
+    missing = [base for field, base in IDX_FILES.items() if field not in chosen]
+    if missing:
+        found = ", ".join(sorted(present)) or "nothing"
+        raise DataError(
+            f"{source}: missing {', '.join(missing)} (each may also end in .gz); "
+            f"found: {found}"
+        )
+    sums = None
+    if verify and SUMS_FILE in present:
+        sums = _read_sums(root.joinpath(SUMS_FILE), f"{source}/{SUMS_FILE}")
+    arrays = {}
+    for field, filename in chosen.items():
+        where = f"{source}/{filename}"
+        data = _gunzip(root.joinpath(filename).read_bytes(), where)
+        array = _parse_idx(data, where)
+        if sums is not None:
+            _verify_sum(data, IDX_FILES[field], sums, where)
+        want = 3 if field.endswith("images") else 1
+        if array.ndim != want:
+            layout = "[n, rows, cols]" if want == 3 else "[n]"
+            raise DataError(
+                f"{where}: expected {want} dims {layout}, header has {array.ndim} "
+                f"(shape {array.shape})"
+            )
+        arrays[field] = array
+    for split in ("train", "test"):
+        n_images = len(arrays[f"{split}_images"])
+        n_labels = len(arrays[f"{split}_labels"])
+        if n_images != n_labels:
+            raise DataError(
+                f"{source}: {chosen[f'{split}_images']} has {n_images} images but "
+                f"{chosen[f'{split}_labels']} has {n_labels} labels"
+            )
+    return Dataset(name=name, **arrays)
+
+
+def _read_sums(path: Traversable, where: str) -> dict[str, str]:
+    """sha256sum output ("HEX  NAME" or "HEX *NAME" per line) -> {NAME: hex}."""
+    sums = {}
+    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        parts = line.split(maxsplit=1)
+        digest = parts[0].lower()
+        if len(parts) != 2 or len(digest) != 64 or not _is_hex(digest):
+            raise DataError(
+                f"{where}: line {lineno} is not '<sha256 hex>  <file name>': {line!r}"
+            )
+        sums[parts[1].strip().lstrip("*")] = digest
+    return sums
+
+
+def _verify_sum(data: bytes, base: str, sums: dict[str, str], where: str) -> None:
+    """Check the sha256 of the uncompressed bytes of one IDX file."""
+    if base not in sums:
+        raise DataError(f"{where}: {SUMS_FILE} lists no sum for {base}")
+    got = hashlib.sha256(data).hexdigest()
+    if got != sums[base]:
+        raise DataError(
+            f"{where}: sha256 of the uncompressed data is {got}, but {SUMS_FILE} "
+            f"says {sums[base]}; the file is corrupt or not the listed one"
+        )
+
+
+def _load_tfds(name: str) -> Dataset:
+    """The train and test splits of tensorflow-datasets' ``name``, via data_source."""
+    spec = f"tfds:{name}"
+    if not name:
+        raise DataError("'tfds:' needs a dataset name, e.g. 'tfds:fashion_mnist'")
+    try:
+        import tensorflow_datasets as tfds  # lazy: an optional, heavy dependency
+    except ImportError as err:
+        raise DataError(
+            f"{spec!r} needs tensorflow-datasets, which cannot be imported ({err}); "
+            "pip install tensorflow-datasets"
+        ) from None
+    splits = {}
+    for split in ("train", "test"):
+        try:
+            source = tfds.data_source(name, split=split)
+        except tfds.core.DatasetNotFoundError:
+            raise DataError(
+                f"{spec!r}: tensorflow-datasets has no dataset named {name!r} "
+                "(see tfds.list_builders() or "
+                "https://www.tensorflow.org/datasets/catalog/overview)"
+            ) from None
+        except ImportError as err:
+            # The first call downloads and converts the data; that step imports
+            # TensorFlow (and helpers) that reading the prepared files does not need.
+            extra = "" if err.name in (None, "tensorflow") else f" {err.name}"
+            raise DataError(
+                f"{spec!r}: preparing this dataset (its first download and "
+                f"conversion) needs TensorFlow and the network, and an import "
+                f"failed: {err}. Install the optional extra "
+                "(pip install 'jax-torch-sae[tfds-prepare]', or pip install "
+                f"tensorflow{extra}), then run again; later loads read the prepared "
+                "files without TensorFlow"
+            ) from None
+        except (ValueError, AssertionError) as err:
+            # tfds raises ValueError for a malformed name or split and
+            # AssertionError for a version it does not have; its first line says why.
+            text = str(err).strip()
+            why = text.splitlines()[0] if text else type(err).__name__
+            raise DataError(
+                f"{spec!r}: tensorflow-datasets cannot load the {split!r} split: {why}"
+            ) from None
+        splits[split] = _tfds_arrays(source, f"{spec} {split} split")
+    (train_images, train_labels), (test_images, test_labels) = splits.values()
+    return Dataset(
+        name=spec,
+        train_images=train_images,
+        train_labels=train_labels,
+        test_images=test_images,
+        test_labels=test_labels,
+    )
+
+
+def _tfds_arrays(source: Any, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """A tfds data source of {"image", "label"} records -> ([n, h, w], [n] int64)."""
+    n = len(source)
+    if n == 0:
+        raise DataError(f"{where} is empty")
+    first = source[0]
+    if not isinstance(first, dict) or not {"image", "label"} <= first.keys():
+        keys = ", ".join(sorted(first)) if isinstance(first, dict) else repr(first)
+        raise DataError(f"{where}: records need 'image' and 'label', got {keys}")
+    image = np.asarray(first["image"])
+    if image.dtype != np.uint8:
+        raise DataError(f"{where}: images must be uint8, got {image.dtype}")
+    label = np.asarray(first["label"])
+    if label.ndim != 0 or not np.issubdtype(label.dtype, np.integer):
+        raise DataError(
+            f"{where}: labels must be integer class ids, got {_describe(label)}"
+        )
+    images = np.empty((n, *image.shape), np.uint8)
+    labels = np.empty(n, np.int64)
+    for i in range(n):
+        record = first if i == 0 else source[i]
+        image = np.asarray(record["image"])
+        if image.shape != images.shape[1:]:
+            raise DataError(
+                f"{where}: image {i} has shape {image.shape}, image 0 has "
+                f"{images.shape[1:]}"
+            )
+        images[i] = image
+        labels[i] = record["label"]
+    if images.ndim == 4 and images.shape[-1] == 1:
+        images = images[..., 0]  # [n, h, w, 1] -> [n, h, w], as the IDX files
+    return images, labels
+
+
+def _is_real(value: Any) -> bool:
+    """A real number (Python or numpy), not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_hex(text: str) -> bool:
+    return all(c in "0123456789abcdef" for c in text)
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, np.ndarray):
+        return f"{value.dtype} array of shape {value.shape}"
+    return type(value).__name__

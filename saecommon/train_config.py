@@ -1,0 +1,255 @@
+"""Training config, presets and the learning-rate rules both trainers share.
+
+``RunConfig`` = model (``SAEConfig``) + training (``TrainConfig``); it is what
+``scripts/train.py`` builds from flags and what a run directory stores as config.json.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from typing import Any
+
+from saecommon.config import (
+    ConfigError,
+    SAEConfig,
+    check_choice,
+    check_float,
+    check_int,
+)
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("constant", "cosine", "plateau")
+NOISES = ("none", "gaussian", "masking")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """How to train: data, optimizer, schedule, denoising, seed."""
+
+    dataset: str = "mnist"
+    """"mnist" (ships with the project), a folder of the four IDX files, or tfds:NAME."""
+    epochs: int = 10
+    """Passes over the training set."""
+    batch_size: int = 512
+    """Minibatch size. The short last batch of an epoch is dropped, so every step has
+    the same static shape (the shuffle changes each epoch, so every sample is seen)."""
+    eval_batch_size: int = 1000
+    """Batch size for evaluation; evaluation covers every sample."""
+    optimizer: str = "adam"
+    """adam, adamw (decoupled weight decay) or sgd (with momentum)."""
+    learning_rate: float = 1e-3
+    """Base learning rate."""
+    weight_decay: float = 1e-4
+    """AdamW's decoupled weight decay (ignored by adam and sgd)."""
+    momentum: float = 0.9
+    """SGD momentum (ignored by adam and adamw)."""
+    schedule: str = "constant"
+    """constant; cosine (decay to 0 over all steps); plateau (multiply by
+    plateau_factor after plateau_patience epochs without validation improvement)."""
+    plateau_factor: float = 0.1
+    """Reduce-on-plateau multiplier, in (0, 1)."""
+    plateau_patience: int = 10
+    """Epochs without improvement before reduce-on-plateau acts."""
+    noise: str = "none"
+    """Denoising: none, gaussian (x + N(0, noise_std^2), clipped to [0, 1]) or masking
+    (a fraction mask_fraction of pixels set to 0). The target is the clean input."""
+    noise_std: float = 0.1
+    """Standard deviation of Gaussian noise."""
+    mask_fraction: float = 0.25
+    """Fraction of pixels masking noise sets to 0, in [0, 1)."""
+    normalize: bool = False
+    """Standardise pixels with the training set's mean/std (after scaling to [0, 1])."""
+    val_fraction: float = 0.0
+    """Hold out this last fraction of the training set for validation; 0 validates on
+    the test split."""
+    seed: int = 0
+    """Seeds init, shuffling and noise."""
+
+    def __post_init__(self):
+        if not isinstance(self.dataset, str) or not self.dataset:
+            raise ConfigError(
+                f"dataset must be a non-empty string, got {self.dataset!r}"
+            )
+        check_int("epochs", self.epochs, minimum=1)
+        check_int("batch_size", self.batch_size, minimum=1)
+        check_int("eval_batch_size", self.eval_batch_size, minimum=1)
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        for name in ("learning_rate", "weight_decay", "momentum", "noise_std"):
+            check_float(name, getattr(self, name))
+        if self.learning_rate <= 0:
+            raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
+        check_choice("schedule", self.schedule, SCHEDULES)
+        check_float("plateau_factor", self.plateau_factor)
+        if not 0 < self.plateau_factor < 1:
+            raise ConfigError(
+                f"plateau_factor must be in (0, 1), got {self.plateau_factor}"
+            )
+        check_int("plateau_patience", self.plateau_patience, minimum=0)
+        check_choice("noise", self.noise, NOISES)
+        if self.noise_std < 0:
+            raise ConfigError(f"noise_std must be >= 0, got {self.noise_std}")
+        check_float("mask_fraction", self.mask_fraction)
+        if not 0 <= self.mask_fraction < 1:
+            raise ConfigError(
+                f"mask_fraction must be in [0, 1), got {self.mask_fraction}"
+            )
+        if not isinstance(self.normalize, bool):
+            raise ConfigError(
+                f"normalize must be true or false, got {self.normalize!r}"
+            )
+        check_float("val_fraction", self.val_fraction)
+        if not 0 <= self.val_fraction < 1:
+            raise ConfigError(
+                f"val_fraction must be in [0, 1), got {self.val_fraction}"
+            )
+        check_int("seed", self.seed, minimum=0)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """A whole experiment: the model and how to train it."""
+
+    model: SAEConfig = SAEConfig()
+    train: TrainConfig = TrainConfig()
+
+    def __post_init__(self):
+        if isinstance(self.model, dict):
+            object.__setattr__(self, "model", SAEConfig.from_dict(self.model))
+        if isinstance(self.train, dict):
+            object.__setattr__(self, "train", _from_dict(TrainConfig, self.train))
+
+    def to_json(self) -> str:
+        data = {"model": self.model.to_dict(), "train": dataclasses.asdict(self.train)}
+        return json.dumps(data, sort_keys=True, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> RunConfig:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"run config is not valid JSON: {err}") from None
+        if not isinstance(data, dict) or set(data) != {"model", "train"}:
+            raise ConfigError(
+                "run config JSON must be an object with 'model' and 'train'"
+            )
+        return cls(model=data["model"], train=data["train"])
+
+
+def _from_dict(cls, data: dict[str, Any]):
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"unknown {cls.__name__} fields: {', '.join(unknown)}")
+    return cls(**data)
+
+
+PRESETS: dict[str, RunConfig] = {
+    # The FashionMNIST L1 tutorial's 10-layer model (trained on MNIST unless told
+    # otherwise: --dataset tfds:fashion_mnist or a Fashion-MNIST IDX folder).
+    "fashion-l1-deep": RunConfig(
+        SAEConfig(
+            input_dim=784,
+            hidden_dims=(256, 128, 64, 32, 16),
+            activation="relu",
+            code_activation="relu",
+            output_activation="relu",
+            penalty="l1",
+            penalty_weight=1e-3,
+            l1_layers="hidden",
+            loss="mse",
+        ),
+        TrainConfig(epochs=10, batch_size=32, learning_rate=1e-3),
+    ),
+    "mnist-topk": RunConfig(
+        SAEConfig(
+            input_dim=784,
+            hidden_dims=(64,),
+            activation="leaky_relu",
+            code_activation="leaky_relu",
+            output_activation="sigmoid",
+            topk=16,
+            lifetime_rate=0.25,
+            loss="mse",
+        ),
+        TrainConfig(epochs=20, batch_size=512, learning_rate=1e-3),
+    ),
+    "mnist-kl": RunConfig(
+        SAEConfig(
+            input_dim=784,
+            hidden_dims=(64,),
+            activation="sigmoid",
+            code_activation="sigmoid",
+            output_activation="sigmoid",
+            penalty="kl",
+            penalty_weight=0.1,
+            kl_rho=0.05,
+            kl_reduction="mean",
+            loss="mse",
+        ),
+        TrainConfig(epochs=20, batch_size=512, learning_rate=1e-3),
+    ),
+    "mnist-denoise": RunConfig(
+        SAEConfig(
+            input_dim=784,
+            hidden_dims=(64,),
+            activation="leaky_relu",
+            code_activation="leaky_relu",
+            output_activation="sigmoid",
+            loss="mse",
+        ),
+        TrainConfig(
+            epochs=20,
+            batch_size=512,
+            learning_rate=1e-3,
+            noise="masking",
+            mask_fraction=0.25,
+        ),
+    ),
+}
+
+
+def cosine_lr(base: float, step: int, total_steps: int) -> float:
+    """base * (1 + cos(pi * step / total)) / 2, held at 0 after total (optax's
+    cosine_decay_schedule with alpha 0)."""
+    t = min(step, total_steps) / max(total_steps, 1)
+    return base * 0.5 * (1 + math.cos(math.pi * t))
+
+
+@dataclasses.dataclass
+class Plateau:
+    """Reduce-on-plateau, host side, once per epoch, the same in both trainers.
+
+    Like torch's ReduceLROnPlateau(mode="min", threshold=1e-4, threshold_mode="rel",
+    cooldown=0): an epoch improves when value < best * (1 - 1e-4); after more than
+    ``patience`` epochs without improvement the learning rate is multiplied by
+    ``factor`` and the count restarts.
+    """
+
+    factor: float
+    patience: int
+    best: float = math.inf
+    bad_epochs: int = 0
+
+    def step(self, value: float, lr: float) -> float:
+        if value < self.best * (1 - 1e-4):
+            self.best, self.bad_epochs = value, 0
+            return lr
+        self.bad_epochs += 1
+        if self.bad_epochs > self.patience:
+            self.bad_epochs = 0
+            return lr * self.factor
+        return lr
+
+
+def train_step_flops(config: SAEConfig, batch: int) -> int:
+    """Matmul FLOPs of one training step of the MLP: forward 2*B*in*out per layer, and
+    backward twice that (gradients of weights and of inputs), i.e. 6*B*sum(in*out).
+    Elementwise work (activations, top-k, the optimizer) is not counted."""
+    weights = sum(i * o for i, o in config.encoder_dims + config.decoder_dims)
+    return 6 * batch * weights

@@ -1,0 +1,185 @@
+"""scripts/train.py: flags -> RunConfig, presets, --resume rules, and end-to-end runs."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from saecommon.cli import build_parser, run_config_from_args
+from saecommon.config import ConfigError
+from saecommon.train_config import PRESETS, RunConfig, train_step_flops
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def parse(*argv):
+    return run_config_from_args(build_parser().parse_args(list(argv)))
+
+
+def test_presets_match_the_published_setups():
+    deep = PRESETS["fashion-l1-deep"]
+    assert deep.model.hidden_dims == (256, 128, 64, 32, 16)
+    assert (deep.model.activation, deep.model.penalty, deep.model.l1_layers) == (
+        "relu",
+        "l1",
+        "hidden",
+    )
+    assert (deep.model.penalty_weight, deep.model.loss) == (1e-3, "mse")
+    assert (deep.train.optimizer, deep.train.learning_rate, deep.train.batch_size) == (
+        "adam",
+        1e-3,
+        32,
+    )
+    topk = PRESETS["mnist-topk"]
+    assert (
+        topk.model.hidden_dims == (64,) and topk.model.code_activation == "leaky_relu"
+    )
+    assert (topk.model.topk, topk.model.lifetime_rate, topk.train.batch_size) == (
+        16,
+        0.25,
+        512,
+    )
+    kl = PRESETS["mnist-kl"]
+    assert (kl.model.code_activation, kl.model.output_activation) == (
+        "sigmoid",
+        "sigmoid",
+    )
+    assert (kl.model.kl_rho, kl.model.penalty_weight, kl.model.kl_reduction) == (
+        0.05,
+        0.1,
+        "mean",
+    )
+    denoise = PRESETS["mnist-denoise"]
+    assert (denoise.train.noise, denoise.train.mask_fraction) == ("masking", 0.25)
+    for run in PRESETS.values():
+        assert RunConfig.from_json(run.to_json()) == run
+
+
+def test_every_config_field_is_a_flag():
+    run = parse(
+        "--preset",
+        "mnist-topk",
+        "--hidden-dims",
+        "128,32",
+        "--topk",
+        "8",
+        "--lifetime-rate",
+        "none",
+        "--lifetime-k",
+        "5",
+        "--tied",
+        "true",
+        "--negative-slope",
+        "0.2",
+        "--optimizer",
+        "sgd",
+        "--schedule",
+        "cosine",
+        "--epochs",
+        "3",
+        "--seed",
+        "9",
+        "--dataset",
+        "./somewhere",
+    )
+    assert run.model.hidden_dims == (128, 32)
+    assert (run.model.topk, run.model.lifetime_rate, run.model.lifetime_k) == (
+        8,
+        None,
+        5,
+    )
+    assert run.model.tied is True and run.model.negative_slope == 0.2
+    assert run.model.activation == "leaky_relu"  # from the preset
+    assert (run.train.optimizer, run.train.schedule, run.train.epochs) == (
+        "sgd",
+        "cosine",
+        3,
+    )
+    assert (run.train.seed, run.train.dataset, run.train.batch_size) == (
+        9,
+        "./somewhere",
+        512,
+    )
+
+
+def test_data_dir_is_the_dataset(tmp_path):
+    assert parse("--data-dir", str(tmp_path)).train.dataset == str(tmp_path)
+
+
+def test_bad_flags_are_clear():
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--topk", "many"])
+    with pytest.raises(ConfigError, match="topk=100 is larger than the code"):
+        parse("--preset", "mnist-topk", "--topk", "100")
+    with pytest.raises(ConfigError, match="rho must be in"):
+        parse("--preset", "mnist-kl", "--kl-rho", "1.5")
+
+
+def test_resume_takes_the_run_config_and_only_epochs(tmp_path):
+    (tmp_path / "config.json").write_text(PRESETS["mnist-kl"].to_json())
+    run = parse("--out", str(tmp_path), "--resume", "--epochs", "40")
+    assert run.model == PRESETS["mnist-kl"].model and run.train.epochs == 40
+    with pytest.raises(ConfigError, match="drop learning_rate"):
+        parse("--out", str(tmp_path), "--resume", "--learning-rate", "0.1")
+    with pytest.raises(ConfigError, match="no run to continue"):
+        parse("--out", str(tmp_path / "nothing"), "--resume")
+
+
+def test_flop_count_by_hand():
+    run = PRESETS["mnist-topk"]  # 784 -> 64 -> 784: 2 * 784 * 64 weights
+    assert train_step_flops(run.model, 10) == 6 * 10 * 2 * 784 * 64
+
+
+@pytest.mark.parametrize("framework", ["jax", "torch"])
+def test_train_command_end_to_end(framework, tmp_path):
+    out = tmp_path / "run"
+    cmd = [
+        sys.executable,
+        "scripts/train.py",
+        "--preset",
+        "mnist-kl",
+        "--framework",
+        framework,
+        "--epochs",
+        "1",
+        "--out",
+        str(out),
+        "--batch-size",
+        "1000",
+    ]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "epoch 1/1" in done.stdout and "trained 1 epochs" in done.stdout
+    row = json.loads((out / "metrics.jsonl").read_text())
+    assert row["test/recon"] < 0.12  # better than predicting a blank image (~0.11)
+    assert {p.name for p in out.iterdir()} >= {
+        "config.json",
+        "metrics.jsonl",
+        "model.safetensors",
+        "train_state.safetensors",
+        "summary.json",
+        "loss_curves.png",
+        "reconstructions.png",
+        "dictionary.png",
+        "codes.png",
+    }
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "scripts/train.py",
+            "--dataset",
+            "tfds:no_such_data_xyz",
+            "--out",
+            str(tmp_path / "bad"),
+            "--framework",
+            framework,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert bad.returncode == 2
+    assert "error: 'tfds:no_such_data_xyz'" in bad.stderr

@@ -1,0 +1,270 @@
+"""The trainers of both packages: run directory, metrics, resume, divergence, noise,
+schedules. Small synthetic data so each run takes a second or two."""
+
+import json
+import math
+
+import jax
+import numpy as np
+import pytest
+import torch
+from safetensors.numpy import load_file
+
+from saecommon import runs
+from saecommon.config import SAEConfig
+from saecommon.train_config import Plateau, RunConfig, TrainConfig, cosine_lr
+
+MODEL = SAEConfig(
+    input_dim=16,
+    hidden_dims=(12, 6),
+    activation="leaky_relu",
+    code_activation="relu",
+    topk=3,
+    lifetime_rate=0.5,
+    penalty="l1",
+    penalty_weight=1e-3,
+)
+
+
+def synthetic_data(n_train=320, n_test=70, seed=0) -> runs.PreparedData:
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(size=(n_train + n_test, 16)).astype(np.float32)
+    y = rng.integers(0, 10, n_train + n_test)
+    return runs.PreparedData(
+        x[:n_train],
+        y[:n_train],
+        x[n_train:],
+        y[n_train:],
+        x[n_train:],
+        y[n_train:],
+        (0.0, 1.0),
+        (4, 4),
+        None,
+        True,
+    )
+
+
+def trainer(name):
+    if name == "jax":
+        from jaxsae.training import train
+    else:
+        from torchsae.training import train
+    return train
+
+
+@pytest.fixture(params=["jax", "torch"])
+def framework(request):
+    return request.param
+
+
+def run_config(**train):
+    fields = dict(epochs=3, batch_size=32, eval_batch_size=32, seed=3)
+    fields.update(train)
+    return RunConfig(MODEL, TrainConfig(**fields))
+
+
+def test_a_run_leaves_its_files_and_metrics(framework, tmp_path):
+    history = trainer(framework)(
+        run_config(), tmp_path, data=synthetic_data(), progress=False
+    )
+    assert [r["epoch"] for r in history] == [1, 2, 3]
+    keys = {
+        "epoch",
+        "lr",
+        "seconds",
+        *(f"train/{k}" for k in ("recon", "penalty", "loss", "l0")),
+        *(f"test/{k}" for k in ("recon", "penalty", "loss", "l0", "dead_fraction")),
+    }
+    assert set(history[0]) == keys
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in lines] == history
+    for row in history:
+        assert row["train/loss"] == pytest.approx(
+            row["train/recon"] + row["train/penalty"]
+        )
+        assert 0 < row["train/l0"] <= 3  # top-3 per sample, then lifetime
+        assert 0 <= row["test/dead_fraction"] <= 1
+    assert history[-1]["train/loss"] < history[0]["train/loss"]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["epochs"] == 3
+    assert RunConfig.from_json((tmp_path / "config.json").read_text()) == run_config()
+    for picture in (
+        "loss_curves.png",
+        "reconstructions.png",
+        "dictionary.png",
+        "codes.png",
+    ):
+        assert (tmp_path / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The checkpoint is portable: both packages load it.
+    import jaxsae
+    import torchsae
+
+    assert jaxsae.load_checkpoint(tmp_path / "model.safetensors")[1] == MODEL
+    assert torchsae.load_checkpoint(tmp_path / "model.safetensors")[1] == MODEL
+
+
+class Killed(Exception):
+    pass
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine", "plateau"])
+def test_resume_after_a_kill_ends_with_the_same_weights(
+    framework, schedule, tmp_path, monkeypatch
+):
+    run = run_config(
+        epochs=4,
+        schedule=schedule,
+        plateau_patience=0,
+        noise="gaussian",
+        noise_std=0.2,
+        optimizer="adamw",
+    )
+    data = synthetic_data()
+    train = trainer(framework)
+    train(run, tmp_path / "straight", data=data, progress=False)
+
+    original = runs.Progress.update
+
+    def kill_after_epoch_2(self, row):
+        original(self, row)
+        if row["epoch"] == 2:
+            raise Killed
+
+    monkeypatch.setattr(runs.Progress, "update", kill_after_epoch_2)
+    with pytest.raises(Killed):
+        train(run, tmp_path / "killed", data=data, progress=True)
+    monkeypatch.setattr(runs.Progress, "update", original)
+    assert len((tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()) == 2
+    history = train(run, tmp_path / "killed", data=data, progress=False, resume=True)
+
+    a = load_file(tmp_path / "straight" / "model.safetensors")
+    b = load_file(tmp_path / "killed" / "model.safetensors")
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    straight = [json.loads(x) for x in (tmp_path / "straight" / "metrics.jsonl").open()]
+    assert [{k: v for k, v in r.items() if k != "seconds"} for r in history] == [
+        {k: v for k, v in r.items() if k != "seconds"} for r in straight
+    ]
+
+
+def test_resume_refuses_another_config_or_framework(framework, tmp_path):
+    data = synthetic_data()
+    trainer(framework)(run_config(epochs=1), tmp_path, data=data, progress=False)
+    with pytest.raises(runs.CheckpointError, match="another config; only --epochs"):
+        trainer(framework)(
+            run_config(epochs=2, seed=4), tmp_path, data=data, resume=True
+        )
+    other = "torch" if framework == "jax" else "jax"
+    with pytest.raises(
+        runs.CheckpointError, match=f"resume it with --framework {framework}"
+    ):
+        trainer(other)(run_config(epochs=2), tmp_path, data=data, resume=True)
+    with pytest.raises(runs.CheckpointError, match="nothing to resume"):
+        trainer(framework)(run_config(), tmp_path / "empty", data=data, resume=True)
+
+
+def test_a_nan_loss_stops_and_keeps_the_last_good_checkpoint(
+    framework, tmp_path, monkeypatch
+):
+    data = synthetic_data()
+    trainer(framework)(
+        run_config(epochs=1), tmp_path / "one", data=data, progress=False
+    )
+    original = runs.epoch_means
+
+    def nan_in_epoch_2(step_metrics, epoch, prefix="train"):
+        if epoch == 1:
+            step_metrics = {k: np.array(v, copy=True) for k, v in step_metrics.items()}
+            step_metrics["loss"][6] = np.nan
+        return original(step_metrics, epoch, prefix)
+
+    monkeypatch.setattr(runs, "epoch_means", nan_in_epoch_2)
+    with pytest.raises(
+        runs.TrainingDiverged, match="became nan at epoch 2, step 7 of 10"
+    ):
+        trainer(framework)(run_config(), tmp_path / "nan", data=data, progress=False)
+    assert len((tmp_path / "nan" / "metrics.jsonl").read_text().splitlines()) == 1
+    a = load_file(tmp_path / "one" / "model.safetensors")
+    b = load_file(tmp_path / "nan" / "model.safetensors")
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_a_real_divergence_is_caught(framework, tmp_path):
+    # A linear model (no ReLU to go dead) with a huge step: weights overflow to inf.
+    linear = SAEConfig(
+        input_dim=16,
+        hidden_dims=(6,),
+        activation="identity",
+        code_activation="identity",
+        output_activation="identity",
+    )
+    run = RunConfig(linear, run_config(optimizer="sgd", learning_rate=1e30).train)
+    with pytest.raises(runs.TrainingDiverged, match="at epoch 1, step"):
+        trainer(framework)(run, tmp_path, data=synthetic_data(), progress=False)
+    assert not (tmp_path / "model.safetensors").exists()
+
+
+def test_plateau_by_hand():
+    p = Plateau(factor=0.1, patience=2)
+    lrs = [p.step(v, 1.0) for v in (5.0, 4.0, 4.0, 4.0)]
+    assert lrs == [1.0, 1.0, 1.0, 1.0]  # two bad epochs: not yet more than patience
+    assert p.step(4.0, 1.0) == pytest.approx(0.1)  # the third bad epoch reduces
+    assert p.bad_epochs == 0
+    assert p.step(3.9999, 0.1) == 0.1  # within the 1e-4 relative threshold: still bad
+    assert p.bad_epochs == 1
+
+
+def test_cosine_lr_by_hand_and_matches_optax():
+    import optax
+
+    assert cosine_lr(2.0, 0, 100) == 2.0
+    assert cosine_lr(2.0, 50, 100) == pytest.approx(1.0)
+    assert cosine_lr(2.0, 25, 100) == pytest.approx(1 + math.sqrt(0.5))
+    assert cosine_lr(2.0, 100, 100) == cosine_lr(2.0, 150, 100) == pytest.approx(0)
+    schedule = optax.cosine_decay_schedule(2.0, 100)
+    for step in (0, 1, 33, 50, 99, 100, 120):
+        assert float(schedule(step)) == pytest.approx(
+            cosine_lr(2.0, step, 100), abs=1e-6
+        )
+
+
+@pytest.mark.parametrize("noise", ["gaussian", "masking"])
+def test_noise(framework, noise):
+    tcfg = TrainConfig(noise=noise, noise_std=0.3, mask_fraction=0.25)
+    x = np.full((200, 500), 0.5, np.float32)
+    if framework == "jax":
+        from jaxsae.training import corrupt
+
+        out = np.asarray(
+            corrupt(jax.numpy.asarray(x), jax.random.key(0), tcfg, (0.0, 1.0))
+        )
+    else:
+        from torchsae.training import corrupt
+
+        g = torch.Generator().manual_seed(0)
+        out = corrupt(torch.from_numpy(x), g, tcfg, (0.0, 1.0)).numpy()
+    if noise == "masking":
+        assert set(np.unique(out)) == {0.0, 0.5}
+        assert (out == 0).mean() == pytest.approx(0.25, abs=0.005)
+    else:
+        assert out.min() >= 0 and out.max() <= 1  # clipped
+        # the std of N(0, 0.3^2) clipped to [-0.5, 0.5], estimated with numpy
+        clipped = np.clip(np.random.default_rng(0).normal(0, 0.3, 10**6), -0.5, 0.5)
+        assert (out - 0.5).std() == pytest.approx(clipped.std(), abs=0.005)
+        assert (out - 0.5).mean() == pytest.approx(0, abs=0.01)
+
+
+def test_data_of_the_wrong_width_is_a_clear_error(monkeypatch):
+    from saecommon import data as data_module
+
+    fake = data_module.Dataset(
+        "fake",
+        np.zeros((10, 5, 5), np.uint8),
+        np.zeros(10, np.int64),
+        np.zeros((4, 5, 5), np.uint8),
+        np.zeros(4, np.int64),
+    )
+    monkeypatch.setattr(runs, "load_dataset", lambda spec: fake)
+    with pytest.raises(ValueError, match=r"25 pixels per sample .* input_dim is 16"):
+        runs.prepare_data(RunConfig(MODEL, TrainConfig()))

@@ -1,0 +1,260 @@
+"""Training in PyTorch with jaxsae's contract: the same run directory, metric keys,
+schedules, checkpoints and ``resume``.
+
+The data stays resident as one tensor on the device; an epoch is a shuffled index
+tensor and a loop of steps (no Dataset/DataLoader). Per-step metrics stay on the device
+and are read once per epoch. Randomness: the model is initialised from
+``Generator().manual_seed(seed)``; epoch e shuffles and draws noise from a generator
+seeded with ``epoch_seed(seed, e)``, so a resumed run draws what an uninterrupted one
+would. The short last batch of an epoch is dropped, as in jaxsae.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from saecommon import runs
+from saecommon.checkpoint import CheckpointError
+from saecommon.config import SAEConfig
+from saecommon.train_config import RunConfig, TrainConfig, cosine_lr
+from torchsae.checkpoint import save_checkpoint, to_state_dict
+from torchsae.losses import loss_terms
+from torchsae.models import Autoencoder
+
+FRAMEWORK = "torch"
+METRIC_KEYS = ("recon", "penalty", "loss", "l0")
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    return seed * 1_000_003 + epoch + 1
+
+
+def make_optimizer(
+    tcfg: TrainConfig, steps_per_epoch: int, params
+) -> torch.optim.Optimizer:
+    """Adam / AdamW / SGD with momentum, matching jaxsae's optax choices (cosine decay is
+    applied per step by the trainer, reduce-on-plateau per epoch)."""
+    params = list(params)
+    if tcfg.optimizer == "adamw":
+        return torch.optim.AdamW(
+            params, tcfg.learning_rate, weight_decay=tcfg.weight_decay
+        )
+    if tcfg.optimizer == "sgd":
+        return torch.optim.SGD(params, tcfg.learning_rate, momentum=tcfg.momentum)
+    return torch.optim.Adam(params, tcfg.learning_rate)
+
+
+def corrupt(
+    x: torch.Tensor,
+    generator: torch.Generator,
+    tcfg: TrainConfig,
+    pixel_range=(0.0, 1.0),
+):
+    """Denoising input noise; ``pixel_range`` is where pixel values 0 and 1 sit after
+    preprocessing (Gaussian noise is clipped to it, masking sets pixels to its low end)."""
+    lo, hi = pixel_range
+    if tcfg.noise == "gaussian":
+        noise = torch.randn(
+            x.shape, generator=generator, device=x.device, dtype=x.dtype
+        )
+        return (x + tcfg.noise_std * noise).clamp(lo, hi)
+    if tcfg.noise == "masking":
+        keep = (
+            torch.rand(x.shape, generator=generator, device=x.device)
+            >= tcfg.mask_fraction
+        )
+        return torch.where(keep, x, torch.tensor(lo, dtype=x.dtype, device=x.device))
+    return x
+
+
+def make_train_step(
+    config: SAEConfig,
+    tcfg: TrainConfig,
+    model: Autoencoder,
+    optimizer: torch.optim.Optimizer,
+    pixel_range=(0.0, 1.0),
+    total_steps: int = 0,
+    compile: bool = False,
+) -> Callable:
+    """``train_step(batch [batch, input], generator, step) -> metrics [4]`` (recon,
+    penalty, loss, l0 as one device tensor; no host sync). ``step`` counts updates done
+    before this one; with the cosine schedule it sets the learning rate, as optax's
+    cosine_decay_schedule does from its own count."""
+
+    def objective(inputs, batch):
+        out = model(inputs, train=True)
+        terms = loss_terms(out, batch, config)  # the target is the clean input
+        l0 = (out.code != 0).sum(dim=1).to(batch.dtype).mean()
+        return terms["loss"], torch.stack(
+            [terms["recon"], terms["penalty"], terms["loss"], l0]
+        )
+
+    if compile:
+        objective = torch.compile(objective)
+
+    def train_step(batch: torch.Tensor, generator: torch.Generator, step: int):
+        if tcfg.schedule == "cosine":
+            for group in optimizer.param_groups:
+                group["lr"] = cosine_lr(tcfg.learning_rate, step, total_steps)
+        inputs = corrupt(batch, generator, tcfg, pixel_range)
+        optimizer.zero_grad(set_to_none=True)
+        loss, metrics = objective(inputs, batch)
+        loss.backward()
+        optimizer.step()
+        return metrics.detach()
+
+    return train_step
+
+
+def train_epoch(
+    train_step, data: torch.Tensor, batch_size: int, generator, first_step: int = 0
+) -> dict:
+    """One shuffled pass; returns per-step metrics as numpy arrays [steps]."""
+    steps = data.shape[0] // batch_size
+    order = torch.randperm(data.shape[0], generator=generator, device=data.device)
+    metrics = torch.empty(steps, len(METRIC_KEYS), dtype=data.dtype, device=data.device)
+    for i in range(steps):
+        batch = data[order[i * batch_size : (i + 1) * batch_size]]
+        metrics[i] = train_step(batch, generator, first_step + i)
+    values = metrics.cpu().numpy()
+    return {k: values[:, j] for j, k in enumerate(METRIC_KEYS)}
+
+
+@torch.no_grad()
+def evaluate(
+    model: Autoencoder, data: torch.Tensor, batch_size: int
+) -> dict[str, float]:
+    """Metrics over every sample, in evaluation mode (no lifetime top-k, no noise), as in
+    jaxsae: recon, penalty, loss, l0 averaged over samples (penalties per batch of
+    ``batch_size``, weighted by its size); dead_fraction = share of code units that are
+    zero on every sample."""
+    config = model.config
+    n = data.shape[0]
+    sums = torch.zeros(len(METRIC_KEYS), dtype=torch.float64, device=data.device)
+    alive = torch.zeros(config.code_dim, dtype=torch.bool, device=data.device)
+    for start in range(0, n, batch_size):
+        x = data[start : start + batch_size]
+        out = model(x, train=False)
+        terms = loss_terms(out, x, config)
+        active = out.code != 0
+        l0 = active.sum(dim=1).to(x.dtype).mean()
+        row = torch.stack([terms["recon"], terms["penalty"], terms["loss"], l0])
+        sums += row.double() * x.shape[0]
+        alive |= active.any(dim=0)
+    out = {k: float(v) / n for k, v in zip(METRIC_KEYS, sums.cpu().tolist())}
+    out["dead_fraction"] = float(1 - alive.double().mean())
+    return out
+
+
+def _state_arrays(model, optimizer) -> tuple[dict[str, np.ndarray], list]:
+    arrays = {f"model.{k}": v for k, v in to_state_dict(model).items()}
+    opt = optimizer.state_dict()
+    for index, slots in opt["state"].items():
+        for name, value in slots.items():
+            arrays[f"optim.{index}.{name}"] = value.detach().cpu().numpy().copy()
+    return arrays, opt["param_groups"]
+
+
+def _restore_state(model, optimizer, arrays, param_groups, path) -> None:
+    model_sd = {
+        k[len("model.") :]: v for k, v in arrays.items() if k.startswith("model.")
+    }
+    if set(model_sd) != set(model.state_dict()):
+        raise CheckpointError(f"{path} does not hold this model's training state")
+    model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in model_sd.items()})
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in arrays.items():
+        if key.startswith("optim."):
+            _, index, name = key.split(".", 2)
+            state.setdefault(int(index), {})[name] = torch.from_numpy(value.copy())
+    optimizer.load_state_dict({"state": state, "param_groups": param_groups})
+
+
+def train(
+    run: RunConfig,
+    out_dir: str | os.PathLike,
+    *,
+    resume: bool = False,
+    data: runs.PreparedData | None = None,
+    progress: bool = True,
+    device: str = "cpu",
+    compile: bool = False,
+) -> list[dict]:
+    """Train ``run`` and write the run directory; returns the metrics history.
+
+    With ``resume``, continue from ``out_dir``'s train state (only ``epochs`` may
+    differ); the result equals an uninterrupted run with the same seed."""
+    mcfg, tcfg = run.model, run.train
+    data = runs.prepare_data(run) if data is None else data
+    steps_per_epoch = len(data.train) // tcfg.batch_size
+    total_steps = tcfg.epochs * steps_per_epoch
+    model = Autoencoder(mcfg, generator=torch.Generator().manual_seed(tcfg.seed)).to(
+        device
+    )
+    optimizer = make_optimizer(tcfg, steps_per_epoch, model.parameters())
+    train_step = make_train_step(
+        mcfg, tcfg, model, optimizer, data.pixel_range, total_steps, compile
+    )
+    recorder = runs.RunRecorder(
+        run, out_dir, FRAMEWORK, data, resume=resume, progress=progress
+    )
+    if recorder.resumed is not None:
+        arrays, meta = recorder.resumed
+        _restore_state(
+            model, optimizer, arrays, meta["param_groups"], recorder.state_path
+        )
+
+    train_x = torch.from_numpy(data.train).to(device)
+    eval_x = {
+        "val": torch.from_numpy(data.val).to(device),
+        "test": torch.from_numpy(data.test).to(device),
+    }
+    try:
+        for epoch in range(recorder.first_epoch, tcfg.epochs):
+            recorder.begin_epoch()
+            first_step = epoch * steps_per_epoch
+            lr = optimizer.param_groups[0]["lr"]
+            if tcfg.schedule == "cosine":
+                lr = cosine_lr(tcfg.learning_rate, first_step, total_steps)
+            model.train()
+            generator = torch.Generator(device).manual_seed(
+                epoch_seed(tcfg.seed, epoch)
+            )
+            step_metrics = train_epoch(
+                train_step, train_x, tcfg.batch_size, generator, first_step
+            )
+            model.eval()
+            row = recorder.row(
+                epoch,
+                lr,
+                step_metrics,
+                lambda split: evaluate(model, eval_x[split], tcfg.eval_batch_size),
+            )
+            new_lr = recorder.next_lr(row, lr)
+            for group in optimizer.param_groups:
+                group["lr"] = new_lr
+            arrays, param_groups = _state_arrays(model, optimizer)
+            recorder.save(
+                row,
+                arrays,
+                lambda path: save_checkpoint(path, model),
+                param_groups=json.loads(json.dumps(param_groups)),
+            )
+    finally:
+        recorder.close()
+    model.eval()
+    recorder.finish(lambda x: _forward(model, x, device), to_state_dict(model))
+    return recorder.history
+
+
+@torch.no_grad()
+def _forward(
+    model: Autoencoder, x: np.ndarray, device
+) -> tuple[np.ndarray, np.ndarray]:
+    out = model(torch.from_numpy(x).to(device), train=False)
+    return out.reconstruction.cpu().numpy(), out.code.cpu().numpy()
