@@ -2,14 +2,16 @@
 
 The conversion table, the only place that knows how the two layouts differ:
 
-    Flax                        PyTorch               layout
-    {group}_{i}/kernel [in,out] {group}.{i}.weight    [out, in]   (transpose)
-    {group}_{i}/bias   [out]    {group}.{i}.bias      [out]       (as is)
+    Flax                               PyTorch                      transpose
+    {g}_{i}/kernel [in, out]           {g}.{i}.weight [out, in]     Linear
+    encoder_{i}/kernel [kh, kw, in, out]  encoder.{i}.weight [out, in, kh, kw]  Conv2d
+    decoder_{i}/kernel [kh, kw, in, out]  decoder.{i}.weight [in, out, kh, kw]  ConvTranspose2d
+    {g}_{i}/bias [out]                 {g}.{i}.bias [out]           as is
 
-Every tensor is checked against the shapes the config implies before it is used.
+(4-D decoder kernels are transposed convolutions; the kernel is not flipped on disk,
+the JAX layer flips it: see jaxsae.models.Conv.) Every tensor is checked against the
+shapes the config implies before it is used.
 """
-
-from __future__ import annotations
 
 import os
 
@@ -25,12 +27,22 @@ from saecommon.checkpoint import (
 )
 from saecommon.config import SAEConfig
 
-# Flax leaf name -> (torch leaf name, Flax -> torch layout, torch -> Flax layout)
-CONVERSION_TABLE = {
-    "kernel": ("weight", np.transpose, np.transpose),
-    "bias": ("bias", np.asarray, np.asarray),
+# (group, rank) -> (axes Flax -> torch, axes torch -> Flax)
+KERNEL_LAYOUTS = {
+    ("encoder", 2): ((1, 0), (1, 0)),
+    ("decoder", 2): ((1, 0), (1, 0)),
+    ("encoder", 4): ((3, 2, 0, 1), (2, 3, 1, 0)),
+    ("decoder", 4): ((2, 3, 0, 1), (2, 3, 0, 1)),
 }
-_TORCH_TO_FLAX_LEAF = {torch: flax for flax, (torch, _, _) in CONVERSION_TABLE.items()}
+LEAF_NAMES = {"kernel": "weight", "bias": "bias"}  # Flax -> torch
+_FLAX_LEAF = {torch: flax for flax, torch in LEAF_NAMES.items()}
+
+
+def _layout(group: str, leaf: str, value: np.ndarray, to_torch: bool) -> np.ndarray:
+    if leaf == "bias":
+        return value
+    axes = KERNEL_LAYOUTS[(group, value.ndim)][0 if to_torch else 1]
+    return np.transpose(value, axes)
 
 
 def to_state_dict(params) -> dict[str, np.ndarray]:
@@ -40,9 +52,8 @@ def to_state_dict(params) -> dict[str, np.ndarray]:
     for module, leaves in params.items():
         group, index = module.rsplit("_", 1)
         for leaf, value in leaves.items():
-            torch_leaf, to_torch, _ = CONVERSION_TABLE[leaf]
-            out[f"{group}.{index}.{torch_leaf}"] = np.ascontiguousarray(
-                to_torch(np.asarray(value))
+            out[f"{group}.{index}.{LEAF_NAMES[leaf]}"] = np.ascontiguousarray(
+                _layout(group, leaf, np.asarray(value), to_torch=True)
             )
     return out
 
@@ -53,9 +64,9 @@ def from_state_dict(state_dict: StateDict, config: SAEConfig):
     params: dict[str, dict[str, jax.Array]] = {}
     for name, value in state_dict.items():
         group, index, torch_leaf = name.split(".")
-        leaf = _TORCH_TO_FLAX_LEAF[torch_leaf]
-        to_flax = CONVERSION_TABLE[leaf][2]
-        params.setdefault(f"{group}_{index}", {})[leaf] = jnp.asarray(to_flax(value))
+        leaf = _FLAX_LEAF[torch_leaf]
+        flax_value = _layout(group, leaf, np.asarray(value), to_torch=False)
+        params.setdefault(f"{group}_{index}", {})[leaf] = jnp.asarray(flax_value)
     return params
 
 

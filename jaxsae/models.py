@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxsae.sparsity import apply_mask, lifetime_topk_mask, topk_mask
+from saecommon.architectures import CODE_SHAPES, IMAGE_SHAPE, Layer, layers
 from saecommon.config import SAEConfig
 
 
@@ -60,8 +61,10 @@ def sparsity_mask(code: jax.Array, config: SAEConfig, train: bool) -> jax.Array:
 
 def check_input(x: jax.Array, config: SAEConfig) -> None:
     if x.ndim != 2 or x.shape[1] != config.input_dim:
+        images = "" if config.architecture == "mlp" else " (1x28x28 images, flattened)"
         raise ValueError(
-            f"expected input [batch, {config.input_dim}], got shape {tuple(x.shape)}"
+            f"expected input [batch, {config.input_dim}]{images}, got shape "
+            f"{tuple(x.shape)}"
         )
 
 
@@ -89,8 +92,54 @@ class Dense(nn.Module):
         return jnp.dot(x, kernel) + bias, kernel
 
 
+class Conv(nn.Module):
+    """A VALID convolution on NHWC images; kernel [kh, kw, in, out] (torch's
+    [out, in, kh, kw] transposed by the conversion table)."""
+
+    layer: Layer
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        spec = self.layer
+        init = _uniform(1 / math.sqrt(spec.init_fan_in))
+        k = spec.kernel
+        kernel = self.param(
+            "kernel", init, (k, k, spec.fan_in, spec.fan_out), self.param_dtype
+        )
+        bias = self.param("bias", init, (spec.fan_out,), self.param_dtype)
+        dtype = jnp.result_type(x, kernel)  # promote as jnp.dot does for Dense
+        x, kernel = x.astype(dtype), kernel.astype(dtype)
+        if spec.kind == "conv":
+            y = jax.lax.conv_general_dilated(
+                x,
+                kernel,
+                (spec.stride, spec.stride),
+                "VALID",
+                dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            )
+        else:
+            # torch.nn.ConvTranspose2d is the gradient of a convolution: the kernel is
+            # flipped and its channel roles swapped (transpose_kernel=True), read as
+            # HWOI since our kernel stores [kh, kw, in, out] of the transposed layer.
+            y = jax.lax.conv_transpose(
+                x,
+                kernel,
+                (spec.stride, spec.stride),
+                "VALID",
+                dimension_numbers=("NHWC", "HWOI", "NHWC"),
+                transpose_kernel=True,
+            )
+        return y + bias
+
+
 class Autoencoder(nn.Module):
-    """x [batch, input] -> AutoencoderOutput. ``train`` turns lifetime top-k on."""
+    """x [batch, input] -> AutoencoderOutput. ``train`` turns lifetime top-k on.
+
+    Convolutional architectures take the same flat input [batch, 784] and return a
+    flat reconstruction; inside they work on [batch, 28, 28, 1] (NHWC) and flatten
+    the pooled code in NCHW order, as torch does, so code unit j is the same unit in
+    both packages."""
 
     config: SAEConfig
     param_dtype: jnp.dtype = jnp.float32
@@ -99,6 +148,8 @@ class Autoencoder(nn.Module):
     def __call__(self, x: jax.Array, train: bool = False) -> AutoencoderOutput:
         cfg = self.config
         check_input(x, cfg)
+        if cfg.architecture != "mlp":
+            return self._conv(x, train)
         n = len(cfg.hidden_dims)
         hiddens, kernels = [], []
         h = x
@@ -119,6 +170,39 @@ class Autoencoder(nn.Module):
             if i < n - 1:
                 h = activate(h, cfg.activation, cfg.negative_slope)
                 hiddens.append(h)
+        reconstruction = activate(h, cfg.output_activation, cfg.negative_slope)
+        return AutoencoderOutput(reconstruction, h, code, tuple(hiddens), mask)
+
+    def _conv(self, x: jax.Array, train: bool) -> AutoencoderOutput:
+        cfg = self.config
+        specs = layers(cfg)
+        encoder = [s for s in specs if s.name.startswith("encoder.")]
+        decoder = [s for s in specs if s.name.startswith("decoder.")]
+        c, hh, ww = IMAGE_SHAPE
+        h = x.reshape(x.shape[0], c, hh, ww).transpose(0, 2, 3, 1)  # NCHW -> NHWC
+        hiddens = []
+        for i, spec in enumerate(encoder):
+            h = Conv(spec, self.param_dtype, name=spec.name.replace(".", "_"))(h)
+            if i < len(encoder) - 1:
+                h = activate(h, cfg.activation, cfg.negative_slope)
+                hiddens.append(h.transpose(0, 3, 1, 2))  # returned as NCHW, like torch
+        h = activate(h, cfg.code_activation, cfg.negative_slope)
+        h = nn.max_pool(h, (2, 2), strides=(2, 2), padding="VALID")
+        code = h.transpose(0, 3, 1, 2).reshape(x.shape[0], -1)  # flattened as NCHW
+        mask = sparsity_mask(code, cfg, train)
+        code = apply_mask(code, mask)
+        hiddens.append(code)
+        if cfg.architecture == "conv":  # Linear 128 -> 784
+            h, _ = Dense(decoder[0].fan_out, self.param_dtype, name="decoder_0")(code)
+        else:
+            cc, ch, cw = CODE_SHAPES[cfg.architecture]
+            h = code.reshape(x.shape[0], cc, ch, cw).transpose(0, 2, 3, 1)
+            for i, spec in enumerate(decoder):
+                h = Conv(spec, self.param_dtype, name=spec.name.replace(".", "_"))(h)
+                if i < len(decoder) - 1:
+                    h = activate(h, cfg.activation, cfg.negative_slope)
+                    hiddens.append(h.transpose(0, 3, 1, 2))
+            h = h.transpose(0, 3, 1, 2).reshape(x.shape[0], -1)  # NHWC -> flat NCHW
         reconstruction = activate(h, cfg.output_activation, cfg.negative_slope)
         return AutoencoderOutput(reconstruction, h, code, tuple(hiddens), mask)
 

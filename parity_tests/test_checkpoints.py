@@ -24,14 +24,17 @@ CONFIGS = [
         lifetime_rate=0.5,
         loss="bce",
     ),
+    SAEConfig(architecture="conv", activation="leaky_relu", topk=20),
+    SAEConfig(architecture="fullconv", loss="bce", penalty="l1", penalty_weight=1e-3),
 ]
+IDS = ["untied", "tied", "conv", "fullconv"]
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=["untied", "tied"])
+@pytest.mark.parametrize("config", CONFIGS, ids=IDS)
 def test_jax_torch_jax_round_trip_is_bit_exact(config, tmp_path):
-    params = jaxsae.Autoencoder(config).init(jax.random.key(0), np.zeros((1, 20)))[
-        "params"
-    ]
+    params = jaxsae.Autoencoder(config).init(
+        jax.random.key(0), np.zeros((1, config.input_dim))
+    )["params"]
     jaxsae.save_checkpoint(tmp_path / "a.safetensors", params, config)
     model, cfg = torchsae.load_checkpoint(tmp_path / "a.safetensors")
     torchsae.save_checkpoint(tmp_path / "b.safetensors", model)
@@ -59,7 +62,7 @@ def test_jax_torch_jax_round_trip_is_bit_exact(config, tmp_path):
             assert a.get_tensor(k).tobytes() == b.get_tensor(k).tobytes(), k
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=["untied", "tied"])
+@pytest.mark.parametrize("config", CONFIGS, ids=IDS)
 def test_torch_jax_torch_round_trip_is_bit_exact(config, tmp_path):
     model = torchsae.Autoencoder(config, generator=torch.Generator().manual_seed(0))
     torchsae.save_checkpoint(tmp_path / "a.safetensors", model)
@@ -74,7 +77,7 @@ def test_torch_jax_torch_round_trip_is_bit_exact(config, tmp_path):
 
 
 @pytest.mark.parametrize("writer", ["jax", "torch"])
-@pytest.mark.parametrize("config", CONFIGS, ids=["untied", "tied"])
+@pytest.mark.parametrize("config", CONFIGS, ids=IDS)
 def test_a_checkpoint_from_either_package_gives_the_same_outputs(
     config, writer, tmp_path
 ):
@@ -86,7 +89,7 @@ def test_a_checkpoint_from_either_package_gives_the_same_outputs(
         torchsae.save_checkpoint(path, torchsae.from_state_dict(sd, config))
     params, cfg_j = jaxsae.load_checkpoint(path)
     model, cfg_t = torchsae.load_checkpoint(path)
-    x = np.random.default_rng(0).uniform(size=(6, 20)).astype(np.float32)
+    x = np.random.default_rng(0).uniform(size=(6, config.input_dim)).astype(np.float32)
     for train in (True, False):
         compare(
             run_jax(jaxsae.to_state_dict(params), cfg_j, x, train),

@@ -15,6 +15,7 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save as _save_bytes
 
+from saecommon.architectures import layers
 from saecommon.config import ConfigError, SAEConfig
 
 FORMAT = "sae-checkpoint"
@@ -28,19 +29,14 @@ class CheckpointError(ValueError):
 
 
 def expected_shapes(config: SAEConfig) -> dict[str, tuple[int, ...]]:
-    """PyTorch ``state_dict`` names and shapes of the model that ``config`` describes.
-
-    ``encoder.{i}.weight`` is ``[fan_out, fan_in]`` (``nn.Linear``); a tied decoder
-    layer has a bias and no weight.
-    """
+    """PyTorch ``state_dict`` names and shapes of the model that ``config`` describes
+    (the layers of saecommon/architectures.py); a tied decoder layer has a bias and no
+    weight."""
     shapes: dict[str, tuple[int, ...]] = {}
-    for i, (fan_in, fan_out) in enumerate(config.encoder_dims):
-        shapes[f"encoder.{i}.weight"] = (fan_out, fan_in)
-        shapes[f"encoder.{i}.bias"] = (fan_out,)
-    for i, (fan_in, fan_out) in enumerate(config.decoder_dims):
-        if not config.tied:
-            shapes[f"decoder.{i}.weight"] = (fan_out, fan_in)
-        shapes[f"decoder.{i}.bias"] = (fan_out,)
+    for layer in layers(config):
+        if not (config.tied and layer.name.startswith("decoder.")):
+            shapes[f"{layer.name}.weight"] = layer.weight_shape
+        shapes[f"{layer.name}.bias"] = (layer.fan_out,)
     return shapes
 
 

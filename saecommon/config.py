@@ -13,7 +13,8 @@ import math
 from typing import Any
 
 ACTIVATIONS = ("relu", "leaky_relu", "sigmoid", "identity")
-OUTPUT_ACTIVATIONS = ("sigmoid", "relu", "identity")
+OUTPUT_ACTIVATIONS = ("sigmoid", "relu", "leaky_relu", "identity")
+ARCHITECTURES = ("mlp", "conv", "fullconv")
 PENALTIES = ("none", "l1", "kl")
 L1_LAYERS = ("code", "hidden")
 REDUCTIONS = ("sum", "mean")
@@ -33,10 +34,15 @@ class SAEConfig:
     the decoder mirrors it back to ``input_dim``.
     """
 
+    architecture: str = "mlp"
+    """mlp (fully connected, any depth), conv (conv encoder + linear decoder, code
+    8x4x4) or fullconv (conv encoder + transposed-conv decoder, code 32x4x4); the conv
+    layers are listed in saecommon/architectures.py and take 1x28x28 images."""
     input_dim: int = 784
     """Width of one input sample (784 for flattened 28x28 images)."""
-    hidden_dims: tuple[int, ...] = (64,)
-    """Encoder layer widths, outermost first; the last one is the code width."""
+    hidden_dims: tuple[int, ...] | None = None
+    """mlp: encoder layer widths, outermost first, the last one the code width
+    (default (64,)). conv/fullconv: the code width, fixed by the architecture."""
     activation: str = "relu"
     """Activation of every hidden layer except the code: relu, leaky_relu, sigmoid,
     identity."""
@@ -71,6 +77,11 @@ class SAEConfig:
     """Reconstruction loss: mse (mean over elements) or bce (from logits)."""
 
     def __post_init__(self):
+        check_choice("architecture", self.architecture, ARCHITECTURES)
+        if self.architecture != "mlp":
+            self._check_conv()
+        elif self.hidden_dims is None:
+            object.__setattr__(self, "hidden_dims", (64,))
         # JSON gives lists; keep the dataclass hashable and comparable.
         object.__setattr__(self, "hidden_dims", tuple(self.hidden_dims))
         check_int("input_dim", self.input_dim, minimum=1)
@@ -118,6 +129,27 @@ class SAEConfig:
                 "bce needs probabilities: set output_activation='sigmoid' "
                 f"(got {self.output_activation!r}); it is computed from the logits"
             )
+
+    def _check_conv(self) -> None:
+        from saecommon.architectures import CODE_SHAPES, IMAGE_SHAPE
+
+        c, h, w = CODE_SHAPES[self.architecture]
+        code = (c * h * w,)
+        if self.hidden_dims is None:
+            object.__setattr__(self, "hidden_dims", code)
+        if tuple(self.hidden_dims) != code:
+            raise ConfigError(
+                f"the {self.architecture} architecture's code is {c}x{h}x{w} = {code[0]} "
+                f"units; leave hidden_dims unset (got {tuple(self.hidden_dims)})"
+            )
+        pixels = IMAGE_SHAPE[0] * IMAGE_SHAPE[1] * IMAGE_SHAPE[2]
+        if self.input_dim != pixels:
+            raise ConfigError(
+                f"the {self.architecture} architecture takes 1x28x28 images "
+                f"(input_dim {pixels}), got input_dim {self.input_dim}"
+            )
+        if self.tied is True:
+            raise ConfigError("tied weights are defined for the mlp architecture only")
 
     @property
     def code_dim(self) -> int:

@@ -485,20 +485,26 @@ def write_run_plots(
     codes,
     labels=None,
     image_shape=(28, 28),
+    dictionary_shape=None,
 ) -> list[pathlib.Path]:
     """Write the end-of-run pictures into ``out_dir`` and return their paths, in order:
     loss_curves.png, reconstructions.png, dictionary.png, codes.png, and
     code_scatter.png when ``codes`` is [batch, 2] and ``labels`` [batch] is given.
 
     ``inputs``/``reconstructions`` [batch, h*w]; ``decoder_weights`` [code, h*w];
-    ``codes`` [batch, code]."""
+    ``codes`` [batch, code]. ``dictionary_shape`` is the tile shape of the dictionary
+    when it is not ``image_shape`` (a transposed-conv decoder's kernels)."""
     out = pathlib.Path(os.fspath(out_dir))
     paths = [
         plot_loss_curves(history, out / LOSS_CURVES),
         plot_reconstructions(
             inputs, reconstructions, out / RECONSTRUCTIONS, image_shape=image_shape
         ),
-        plot_dictionary(decoder_weights, out / DICTIONARY, image_shape=image_shape),
+        plot_dictionary(
+            decoder_weights,
+            out / DICTIONARY,
+            image_shape=dictionary_shape or image_shape,
+        ),
         plot_codes(codes, out / CODES),
     ]
     if labels is not None and np.ndim(codes) == 2 and np.shape(codes)[1] == 2:

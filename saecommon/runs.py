@@ -23,6 +23,7 @@ from collections.abc import Mapping
 import numpy as np
 from safetensors.numpy import save as _save_bytes
 
+from saecommon.architectures import layers
 from saecommon.checkpoint import CheckpointError, atomic_write, read_safetensors
 from saecommon.data import (
     Normalization,
@@ -234,15 +235,20 @@ def format_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def dictionary(state_dict: Mapping[str, np.ndarray], config) -> np.ndarray:
-    """[units, input]: what each input unit of the last decoder layer writes to the image
-    (for a one-layer model, each code unit's decoder weights)."""
-    last = len(config.hidden_dims) - 1
+def dictionary(
+    state_dict: Mapping[str, np.ndarray], config
+) -> tuple[np.ndarray, tuple]:
+    """([units, pixels], tile shape or None): what each input unit of the last decoder
+    layer writes (for a one-layer model or the conv model, each code unit's decoder
+    weights; for fullconv, the 8x8 stamp each input channel of the last transposed
+    convolution paints)."""
+    last = [layer for layer in layers(config) if layer.name.startswith("decoder.")][-1]
     if config.tied:
-        return np.asarray(state_dict["encoder.0.weight"])  # [h1, input]
-    return np.asarray(
-        state_dict[f"decoder.{last}.weight"]
-    ).T  # [input, h1] -> [h1, input]
+        return np.asarray(state_dict["encoder.0.weight"]), None  # [h1, input]
+    weight = np.asarray(state_dict[f"{last.name}.weight"])
+    if last.kind == "conv_transpose":  # [in, out=1, k, k]
+        return weight.reshape(weight.shape[0], -1), (last.kernel, last.kernel)
+    return weight.T, None  # [input, h1] -> [h1, input]
 
 
 def finish_run(
@@ -273,15 +279,17 @@ def finish_run(
     )
     if int(np.prod(image_shape)) != run.model.input_dim:
         image_shape = (run.model.input_dim, 1)
+    weights, tile_shape = dictionary(state_dict, run.model)
     write_run_plots(
         out_dir,
         history,
         shown_x,
         shown_recon,
-        dictionary(state_dict, run.model),
+        weights,
         code,
         labels=data.test_labels[:256],
         image_shape=tuple(image_shape),
+        dictionary_shape=tile_shape,
     )
     summary = summarize(history, seconds)
     with open(os.path.join(out_dir, SUMMARY), "w") as f:

@@ -29,6 +29,14 @@ def test_json_round_trip_is_identity():
     assert json.loads(text)["version"] == 1
 
 
+def test_hidden_dims_default_per_architecture():
+    assert SAEConfig().hidden_dims == (64,)
+    assert SAEConfig(architecture="conv").hidden_dims == (128,)
+    assert SAEConfig(architecture="fullconv").code_dim == 512
+    cfg = SAEConfig(architecture="fullconv", topk=20)
+    assert SAEConfig.from_json(cfg.to_json()) == cfg
+
+
 def test_derived_layer_dims():
     cfg = SAEConfig(input_dim=784, hidden_dims=(256, 128, 16))
     assert cfg.code_dim == 16
@@ -54,7 +62,12 @@ def test_derived_layer_dims():
         (dict(kl_rho=1.0), "rho must be in (0, 1), got 1.0"),
         (dict(activation="gelu"), "unknown activation 'gelu'"),
         (dict(code_activation="tanh"), "unknown code_activation 'tanh'"),
-        (dict(output_activation="leaky_relu"), "unknown output_activation"),
+        (dict(output_activation="tanh"), "unknown output_activation"),
+        (dict(architecture="resnet"), "unknown architecture 'resnet'"),
+        (dict(architecture="conv", hidden_dims=(64,)), "code is 8x4x4 = 128 units"),
+        (dict(architecture="fullconv", input_dim=1024), "takes 1x28x28 images"),
+        (dict(architecture="conv", tied=True), "tied weights are defined for the mlp"),
+        (dict(architecture="conv", topk=129), "topk=129 is larger than the code (128"),
         (dict(penalty="kl", penalty_weight=0.1), "set code_activation='sigmoid'"),
         (
             dict(loss="bce", output_activation="identity"),

@@ -195,3 +195,36 @@ def test_input_of_the_wrong_shape_is_a_clear_error(fw, shape):
     sd = fw.init(DEEP, 0)
     with pytest.raises(ValueError, match=r"expected input \[batch, 12\], got shape"):
         fw.forward(sd, DEEP, np.zeros(shape, np.float32))
+
+
+@pytest.mark.parametrize("architecture", ["conv", "fullconv"])
+def test_conv_models_have_the_portable_shapes(fw, architecture):
+    cfg = SAEConfig(architecture=architecture)
+    sd = fw.init(cfg, 0)
+    assert {k: v.shape for k, v in sd.items()} == expected_shapes(cfg)
+    if architecture == "fullconv":
+        assert sd["decoder.0.weight"].shape == (
+            32,
+            16,
+            3,
+            3,
+        )  # ConvTranspose2d [in, out]
+        # torch's fan_in for ConvTranspose2d is out * k * k = 16 * 9: bound 1/12
+        assert np.abs(sd["decoder.0.weight"]).max() <= 1 / 12
+        assert np.abs(sd["decoder.0.weight"]).max() > 0.95 / 12
+    else:
+        assert sd["encoder.0.weight"].shape == (8, 1, 6, 6)
+        assert np.abs(sd["encoder.0.weight"]).max() <= 1 / 6  # fan_in 1 * 36
+    x = np.random.default_rng(0).uniform(size=(3, 784)).astype(np.float32)
+    out = fw.forward(sd, cfg, x)
+    assert tuple(out.reconstruction.shape) == (3, 784)
+    assert tuple(out.code.shape) == (3, cfg.code_dim)
+
+
+@pytest.mark.parametrize("shape", [(4, 1, 28, 28), (4, 783), (4, 28, 28)])
+def test_conv_input_of_the_wrong_shape_is_a_clear_error(fw, shape):
+    cfg = SAEConfig(architecture="fullconv")
+    with pytest.raises(
+        ValueError, match=r"\[batch, 784\] \(1x28x28 images, flattened\)"
+    ):
+        fw.forward(fw.init(cfg, 0), cfg, np.zeros(shape, np.float32))

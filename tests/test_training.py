@@ -268,3 +268,21 @@ def test_data_of_the_wrong_width_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(runs, "load_dataset", lambda spec: fake)
     with pytest.raises(ValueError, match=r"25 pixels per sample .* input_dim is 16"):
         runs.prepare_data(RunConfig(MODEL, TrainConfig()))
+
+
+@pytest.mark.parametrize("architecture", ["conv", "fullconv"])
+def test_conv_architectures_train(framework, architecture, tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.uniform(size=(96, 784)).astype(np.float32)
+    y = rng.integers(0, 10, 96)
+    data = runs.PreparedData(
+        x[:64], y[:64], x[64:], y[64:], x[64:], y[64:], (0.0, 1.0), (28, 28), None, True
+    )
+    model = SAEConfig(
+        architecture=architecture, topk=30, penalty="l1", penalty_weight=1e-3
+    )
+    run = RunConfig(model, TrainConfig(epochs=2, batch_size=16, eval_batch_size=32))
+    history = trainer(framework)(run, tmp_path, data=data, progress=False)
+    assert history[-1]["train/loss"] < history[0]["train/loss"]
+    assert history[-1]["test/l0"] <= 30
+    assert (tmp_path / "dictionary.png").read_bytes()[:4] == b"\x89PNG"

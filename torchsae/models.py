@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from saecommon.architectures import CODE_SHAPES, IMAGE_SHAPE, Layer, layers
 from saecommon.config import SAEConfig
 from torchsae.sparsity import apply_mask, lifetime_topk_mask, topk_mask
 
@@ -61,8 +62,10 @@ def sparsity_mask(code: torch.Tensor, config: SAEConfig, train: bool) -> torch.T
 
 def check_input(x: torch.Tensor, config: SAEConfig) -> None:
     if x.ndim != 2 or x.shape[1] != config.input_dim:
+        images = "" if config.architecture == "mlp" else " (1x28x28 images, flattened)"
         raise ValueError(
-            f"expected input [batch, {config.input_dim}], got shape {tuple(x.shape)}"
+            f"expected input [batch, {config.input_dim}]{images}, got shape "
+            f"{tuple(x.shape)}"
         )
 
 
@@ -94,19 +97,24 @@ class Autoencoder(nn.Module):
     def __init__(self, config: SAEConfig, *, generator: torch.Generator | None = None):
         super().__init__()
         self.config = config
+        specs = layers(config)
         self.encoder = nn.ModuleList(
-            Dense(fan_in, fan_out, generator=generator)
-            for fan_in, fan_out in config.encoder_dims
+            _build(spec, config, generator)
+            for spec in specs
+            if spec.name.startswith("encoder.")
         )
         self.decoder = nn.ModuleList(
-            Dense(fan_in, fan_out, has_weight=not config.tied, generator=generator)
-            for fan_in, fan_out in config.decoder_dims
+            _build(spec, config, generator)
+            for spec in specs
+            if spec.name.startswith("decoder.")
         )
 
     def forward(self, x: torch.Tensor, train: bool | None = None) -> AutoencoderOutput:
         cfg = self.config
         train = self.training if train is None else train
         check_input(x, cfg)
+        if cfg.architecture != "mlp":
+            return self._conv(x, train)
         n = len(cfg.hidden_dims)
         hiddens = []
         h = x
@@ -130,6 +138,51 @@ class Autoencoder(nn.Module):
                 hiddens.append(h)
         reconstruction = activate(h, cfg.output_activation, cfg.negative_slope)
         return AutoencoderOutput(reconstruction, h, code, tuple(hiddens), mask)
+
+    def _conv(self, x: torch.Tensor, train: bool) -> AutoencoderOutput:
+        cfg = self.config
+        h = x.reshape(x.shape[0], *IMAGE_SHAPE)  # NCHW
+        hiddens = []
+        for i, layer in enumerate(self.encoder):
+            h = layer(h)
+            if i < len(self.encoder) - 1:
+                h = activate(h, cfg.activation, cfg.negative_slope)
+                hiddens.append(h)
+        h = F.max_pool2d(activate(h, cfg.code_activation, cfg.negative_slope), 2)
+        code = h.flatten(1)
+        mask = sparsity_mask(code, cfg, train)
+        code = apply_mask(code, mask)
+        hiddens.append(code)
+        h = (
+            code
+            if cfg.architecture == "conv"
+            else code.reshape(-1, *CODE_SHAPES[cfg.architecture])
+        )
+        for i, layer in enumerate(self.decoder):
+            h = layer(h)
+            if i < len(self.decoder) - 1:
+                h = activate(h, cfg.activation, cfg.negative_slope)
+                hiddens.append(h)
+        h = h.flatten(1)
+        reconstruction = activate(h, cfg.output_activation, cfg.negative_slope)
+        return AutoencoderOutput(reconstruction, h, code, tuple(hiddens), mask)
+
+
+def _build(spec: Layer, config: SAEConfig, generator) -> nn.Module:
+    """The torch module for one layer spec, with torch's default init drawn from
+    ``generator``."""
+    if spec.kind == "linear":
+        tied = config.tied and spec.name.startswith("decoder.")
+        return Dense(
+            spec.fan_in, spec.fan_out, has_weight=not tied, generator=generator
+        )
+    cls = nn.Conv2d if spec.kind == "conv" else nn.ConvTranspose2d
+    layer = cls(spec.fan_in, spec.fan_out, spec.kernel, stride=spec.stride)
+    bound = 1 / math.sqrt(spec.init_fan_in)
+    with torch.no_grad():
+        nn.init.uniform_(layer.weight, -bound, bound, generator=generator)
+        nn.init.uniform_(layer.bias, -bound, bound, generator=generator)
+    return layer
 
 
 def untie(model: Autoencoder) -> Autoencoder:
