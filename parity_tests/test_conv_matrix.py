@@ -10,6 +10,7 @@ import pytest
 
 from conftest import _framework
 from parity_tests.harness import compare, on_device, run_jax, run_torch
+from parity_tests.test_matrix import PENALTIES
 from saecommon.config import SAEConfig
 
 SPARSITY = {
@@ -17,14 +18,6 @@ SPARSITY = {
     "topk": dict(topk=16),
     "lifetime": dict(lifetime_rate=0.25),  # ceil(0.25 * 8) = 2 per unit
     "both": dict(topk=20, lifetime_k=3),
-}
-PENALTIES = {
-    "nopen": {},
-    "l1code": dict(penalty="l1", penalty_weight=0.05),
-    "l1all": dict(penalty="l1", penalty_weight=0.05, l1_layers="hidden"),
-    "kl": dict(
-        penalty="kl", penalty_weight=0.1, kl_rho=0.05, code_activation="sigmoid"
-    ),
 }
 # The activations: conv = LeakyReLU throughout (decoder too, for MSE);
 # fullconv = ReLU with a sigmoid output.
