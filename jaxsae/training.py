@@ -10,7 +10,7 @@ dropped (static shapes); each epoch reshuffles, so every sample is seen over tim
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxsae.checkpoint import save_checkpoint, to_state_dict
+from jaxsae.checkpoint import from_state_dict, save_checkpoint, to_state_dict
 from jaxsae.losses import loss_terms
 from jaxsae.models import Autoencoder
 from saecommon import runs
@@ -197,11 +197,14 @@ def train(
     resume: bool = False,
     data: runs.PreparedData | None = None,
     progress: bool = True,
+    init: Mapping[str, np.ndarray] | None = None,
 ) -> list[dict]:
     """Train ``run`` and write the run directory; returns the metrics history.
 
     With ``resume``, continue from ``out_dir``'s train state (only ``epochs`` may
-    differ); the result equals an uninterrupted run with the same seed."""
+    differ); the result equals an uninterrupted run with the same seed. ``init``, a
+    portable state dict (``saecommon.checkpoint.initial_state_dict``), replaces the
+    random initial weights: fine-tuning, e.g. untied after a tied run."""
     mcfg, tcfg = run.model, run.train
     data = runs.prepare_data(run) if data is None else data
     steps_per_epoch = len(data.train) // tcfg.batch_size
@@ -212,6 +215,8 @@ def train(
 
     init_key, train_key = jax.random.split(jax.random.key(tcfg.seed))
     params = Autoencoder(mcfg).init(init_key, jnp.zeros((1, mcfg.input_dim)))["params"]
+    if init is not None:
+        params = from_state_dict(init, mcfg)
     state = TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
     recorder = runs.RunRecorder(
         run, out_dir, FRAMEWORK, data, resume=resume, progress=progress

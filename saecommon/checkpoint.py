@@ -133,3 +133,23 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], di
         raise CheckpointError(
             f"{path} is not a readable safetensors file (truncated or corrupt?): {err}"
         ) from None
+
+
+def initial_state_dict(
+    path: str | os.PathLike, config: SAEConfig
+) -> dict[str, np.ndarray]:
+    """Weights to start a run of ``config`` from: the checkpoint at ``path``, untied on
+    the way when it is tied and ``config`` is not (the tied-then-untied fine-tuning
+    procedure: decoder i gets a copy of encoder n-1-i's weight, transposed, so the
+    untied model starts with the tied model's outputs). Any other difference in
+    architecture is a CheckpointError naming the keys."""
+    state_dict, saved = read_checkpoint(path)
+    if saved.tied and not config.tied:
+        n = len(saved.hidden_dims)
+        state_dict = dict(state_dict)
+        for i in range(n):
+            state_dict[f"decoder.{i}.weight"] = np.ascontiguousarray(
+                state_dict[f"encoder.{n - 1 - i}.weight"].T
+            )
+    check_state_dict(state_dict, config)
+    return state_dict

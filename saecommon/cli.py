@@ -71,6 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     parser.add_argument(
+        "--init-from",
+        metavar="CHECKPOINT",
+        help="start from these weights (a model.safetensors) instead of a random init; "
+        "a tied checkpoint with --tied false is untied first (tied-then-untied "
+        "fine-tuning)",
+    )
+    parser.add_argument(
         "--data-dir",
         dest="TrainConfig.dataset",
         default=argparse.SUPPRESS,

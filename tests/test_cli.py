@@ -183,3 +183,60 @@ def test_train_command_end_to_end(framework, tmp_path):
     )
     assert bad.returncode == 2
     assert "error: 'tfds:no_such_data_xyz'" in bad.stderr
+
+
+def test_tied_then_untied_from_the_command_line(tmp_path):
+    common = [
+        sys.executable,
+        "scripts/train.py",
+        "--preset",
+        "mnist-topk",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "2000",
+        "--quiet",
+    ]
+    tied = subprocess.run(
+        [*common, "--tied", "true", "--out", str(tmp_path / "tied")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert tied.returncode == 0, tied.stderr
+    untied = subprocess.run(
+        [
+            *common,
+            "--init-from",
+            str(tmp_path / "tied" / "model.safetensors"),
+            "--out",
+            str(tmp_path / "untied"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert untied.returncode == 0, untied.stderr
+    first = json.loads((tmp_path / "untied" / "metrics.jsonl").read_text())
+    tied_row = json.loads((tmp_path / "tied" / "metrics.jsonl").read_text())
+    assert first["test/loss"] < tied_row["test/loss"]  # it went on from the tied model
+    wrong = subprocess.run(
+        [
+            *common,
+            "--hidden-dims",
+            "32",
+            "--topk",
+            "8",
+            "--init-from",
+            str(tmp_path / "tied" / "model.safetensors"),
+            "--out",
+            str(tmp_path / "wrong"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert wrong.returncode == 2 and "mis-shaped keys: encoder.0.weight" in wrong.stderr

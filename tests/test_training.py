@@ -286,3 +286,82 @@ def test_conv_architectures_train(framework, architecture, tmp_path):
     assert history[-1]["train/loss"] < history[0]["train/loss"]
     assert history[-1]["test/l0"] <= 30
     assert (tmp_path / "dictionary.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_tied_then_untied_fine_tuning(framework, tmp_path):
+    from saecommon.checkpoint import CheckpointError, initial_state_dict
+
+    data = synthetic_data()
+    tied_model = MODEL.replace(tied=True, topk=None, lifetime_rate=None)
+    tied = RunConfig(tied_model, run_config(epochs=3).train)
+    tied_history = trainer(framework)(
+        tied, tmp_path / "tied", data=data, progress=False
+    )
+    untied = RunConfig(tied_model.replace(tied=False), run_config(epochs=2).train)
+    init = initial_state_dict(tmp_path / "tied" / "model.safetensors", untied.model)
+    tied_sd = load_file(tmp_path / "tied" / "model.safetensors")
+    np.testing.assert_array_equal(
+        init["decoder.0.weight"], tied_sd["encoder.1.weight"].T
+    )
+    np.testing.assert_array_equal(
+        init["decoder.1.weight"], tied_sd["encoder.0.weight"].T
+    )
+    fine = trainer(framework)(
+        untied, tmp_path / "untied", data=data, progress=False, init=init
+    )
+    fresh = trainer(framework)(untied, tmp_path / "fresh", data=data, progress=False)
+    # Fine-tuning continues from the tied model instead of starting over.
+    assert fine[0]["test/loss"] < fresh[0]["test/loss"]
+    assert fine[-1]["test/loss"] <= tied_history[-1]["test/loss"] * 1.02
+    with pytest.raises(CheckpointError, match="mis-shaped keys: encoder.1.weight"):
+        initial_state_dict(
+            tmp_path / "tied" / "model.safetensors",
+            untied.model.replace(hidden_dims=(12, 5)),
+        )
+
+
+def test_tied_weights_are_updated_once(framework):
+    # recon = w * (w * x) with w = 3, x = 2: loss = (18 - 2)^2 = 256,
+    # dL/dw = 2 * 16 * (2 * w * x) = 384; SGD lr 0.1: w = 3 - 38.4 = -35.4
+    # (a double update would give -73.8).
+    cfg = SAEConfig(
+        input_dim=1,
+        hidden_dims=(1,),
+        activation="identity",
+        code_activation="identity",
+        output_activation="identity",
+        tied=True,
+    )
+    tcfg = TrainConfig(optimizer="sgd", momentum=0.0, learning_rate=0.1, batch_size=1)
+    sd = {
+        "encoder.0.weight": np.array([[3.0]], np.float32),
+        "encoder.0.bias": np.zeros(1, np.float32),
+        "decoder.0.bias": np.zeros(1, np.float32),
+    }
+    x = np.array([[2.0]], np.float32)
+    if framework == "jax":
+        import jaxsae
+        from jaxsae import training as jt
+
+        opt = jt.make_optimizer(tcfg, 1)
+        params = jaxsae.from_state_dict(sd, cfg)
+        state = jt.TrainState(params, opt.init(params), jax.numpy.zeros((), "int32"))
+        state, metrics = jt.make_train_step(cfg, tcfg, opt)(state, x, jax.random.key(0))
+        loss = float(metrics["loss"])
+        w = jaxsae.to_state_dict(state.params)["encoder.0.weight"]
+        n_leaves = len(jax.tree.leaves(state.opt_state.inner_state[0].trace))
+    else:
+        import torchsae
+        from torchsae import training as tt
+
+        model = torchsae.from_state_dict(sd, cfg)
+        opt = tt.make_optimizer(tcfg, 1, model.parameters())
+        metrics = tt.make_train_step(cfg, tcfg, model, opt)(
+            torch.from_numpy(x), torch.Generator(), 0
+        )
+        loss = float(metrics[2])  # recon, penalty, loss, l0
+        w = model.encoder[0].weight.detach().numpy()
+        n_leaves = len(opt.param_groups[0]["params"])
+    assert loss == 256.0  # computed before the update
+    assert w.item() == pytest.approx(-35.4, rel=1e-6)
+    assert n_leaves == 3  # the shared weight and two biases: the weight is counted once

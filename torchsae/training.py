@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import torch
 
 from saecommon import runs
-from saecommon.checkpoint import CheckpointError
+from saecommon.checkpoint import CheckpointError, check_state_dict
 from saecommon.config import SAEConfig
 from saecommon.train_config import RunConfig, TrainConfig, cosine_lr
 from torchsae.checkpoint import save_checkpoint, to_state_dict
@@ -182,13 +182,16 @@ def train(
     resume: bool = False,
     data: runs.PreparedData | None = None,
     progress: bool = True,
+    init: Mapping[str, np.ndarray] | None = None,
     device: str = "cpu",
     compile: bool = False,
 ) -> list[dict]:
     """Train ``run`` and write the run directory; returns the metrics history.
 
     With ``resume``, continue from ``out_dir``'s train state (only ``epochs`` may
-    differ); the result equals an uninterrupted run with the same seed."""
+    differ); the result equals an uninterrupted run with the same seed. ``init``, a
+    portable state dict (``saecommon.checkpoint.initial_state_dict``), replaces the
+    random initial weights: fine-tuning, e.g. untied after a tied run."""
     mcfg, tcfg = run.model, run.train
     data = runs.prepare_data(run) if data is None else data
     steps_per_epoch = len(data.train) // tcfg.batch_size
@@ -196,6 +199,11 @@ def train(
     model = Autoencoder(mcfg, generator=torch.Generator().manual_seed(tcfg.seed)).to(
         device
     )
+    if init is not None:
+        check_state_dict(init, mcfg)
+        model.load_state_dict(
+            {k: torch.from_numpy(np.array(v)) for k, v in init.items()}
+        )
     optimizer = make_optimizer(tcfg, steps_per_epoch, model.parameters())
     train_step = make_train_step(
         mcfg, tcfg, model, optimizer, data.pixel_range, total_steps, compile
