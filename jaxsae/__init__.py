@@ -5,6 +5,7 @@ from jaxsae.checkpoint import (
     load_checkpoint,
     save_checkpoint,
     to_state_dict,
+    untie,
 )
 from jaxsae.losses import bce_loss, loss_terms, mse_loss, reconstruction_loss
 from jaxsae.models import (
@@ -13,7 +14,6 @@ from jaxsae.models import (
     activate,
     check_input,
     sparsity_mask,
-    untie,
 )
 from jaxsae.penalties import kl_divergence, kl_penalty, l1_penalty, sparsity_penalty
 from jaxsae.sparsity import (

@@ -23,6 +23,7 @@ from saecommon.checkpoint import (
     StateDict,
     check_state_dict,
     read_checkpoint,
+    untie_state_dict,
     write_checkpoint,
 )
 from saecommon.config import SAEConfig
@@ -79,3 +80,10 @@ def load_checkpoint(path: str | os.PathLike):
     """(params, config) from a checkpoint written by jaxsae or torchsae."""
     state_dict, config = read_checkpoint(path)
     return from_state_dict(state_dict, config), config
+
+
+def untie(params, config: SAEConfig):
+    """A tied model's (params, config) as an untied one with identical outputs: each
+    decoder layer gets a copy of its mirror encoder kernel, transposed."""
+    state_dict, untied = untie_state_dict(to_state_dict(params), config)
+    return from_state_dict(state_dict, untied), untied

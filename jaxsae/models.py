@@ -205,19 +205,3 @@ class Autoencoder(nn.Module):
             h = h.transpose(0, 3, 1, 2).reshape(x.shape[0], -1)  # NHWC -> flat NCHW
         reconstruction = activate(h, cfg.output_activation, cfg.negative_slope)
         return AutoencoderOutput(reconstruction, h, code, tuple(hiddens), mask)
-
-
-def untie(params, config: SAEConfig):
-    """A tied model's (params, config) as an untied one with identical outputs: each
-    decoder layer gets a copy of its mirror encoder kernel, transposed."""
-    if not config.tied:
-        raise ValueError("untie needs a tied model (config.tied is False)")
-    n = len(config.hidden_dims)
-    params = dict(params)
-    for i in range(n):
-        kernel = params[f"encoder_{n - 1 - i}"]["kernel"]
-        params[f"decoder_{i}"] = {
-            "kernel": jnp.array(kernel.T),
-            **params[f"decoder_{i}"],
-        }
-    return params, config.replace(tied=False)

@@ -145,11 +145,23 @@ def initial_state_dict(
     architecture is a CheckpointError naming the keys."""
     state_dict, saved = read_checkpoint(path)
     if saved.tied and not config.tied:
-        n = len(saved.hidden_dims)
-        state_dict = dict(state_dict)
-        for i in range(n):
-            state_dict[f"decoder.{i}.weight"] = np.ascontiguousarray(
-                state_dict[f"encoder.{n - 1 - i}.weight"].T
-            )
+        state_dict, _ = untie_state_dict(state_dict, saved)
     check_state_dict(state_dict, config)
     return state_dict
+
+
+def untie_state_dict(
+    state_dict: StateDict, config: SAEConfig
+) -> tuple[dict[str, np.ndarray], SAEConfig]:
+    """A tied model's weights and config as an untied model's with identical outputs:
+    decoder i gets a copy of encoder n-1-i's weight, transposed (both packages'
+    ``untie`` and ``initial_state_dict`` go through here)."""
+    if not config.tied:
+        raise ValueError("untie needs a tied model (config.tied is False)")
+    n = len(config.hidden_dims)
+    untied = {k: np.asarray(v) for k, v in state_dict.items()}
+    for i in range(n):
+        untied[f"decoder.{i}.weight"] = np.ascontiguousarray(
+            untied[f"encoder.{n - 1 - i}.weight"].T
+        )
+    return untied, config.replace(tied=False)

@@ -7,6 +7,7 @@ from torchsae.checkpoint import (
     load_checkpoint,
     save_checkpoint,
     to_state_dict,
+    untie,
 )
 from torchsae.losses import bce_loss, loss_terms, mse_loss, reconstruction_loss
 from torchsae.models import (
@@ -15,7 +16,6 @@ from torchsae.models import (
     activate,
     check_input,
     sparsity_mask,
-    untie,
 )
 from torchsae.penalties import kl_divergence, kl_penalty, l1_penalty, sparsity_penalty
 from torchsae.sparsity import (

@@ -16,6 +16,7 @@ from saecommon.checkpoint import (
     StateDict,
     check_state_dict,
     read_checkpoint,
+    untie_state_dict,
     write_checkpoint,
 )
 from torchsae.models import Autoencoder
@@ -47,3 +48,12 @@ def load_checkpoint(path: str | os.PathLike):
     """(model, config) from a checkpoint written by jaxsae or torchsae."""
     state_dict, config = read_checkpoint(path)
     return from_state_dict(state_dict, config), config
+
+
+def untie(model: Autoencoder) -> Autoencoder:
+    """A tied model as a new untied one with identical outputs: each decoder layer gets
+    a copy of its mirror encoder weight, transposed."""
+    state_dict, config = untie_state_dict(to_state_dict(model), model.config)
+    untied = from_state_dict(state_dict, config).to(next(model.parameters()).device)
+    untied.train(model.training)
+    return untied

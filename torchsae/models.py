@@ -183,24 +183,3 @@ def _build(spec: Layer, config: SAEConfig, generator) -> nn.Module:
         nn.init.uniform_(layer.weight, -bound, bound, generator=generator)
         nn.init.uniform_(layer.bias, -bound, bound, generator=generator)
     return layer
-
-
-def untie(model: Autoencoder) -> Autoencoder:
-    """A tied model as a new untied one with identical outputs: each decoder layer gets
-    a copy of its mirror encoder weight, transposed."""
-    config = model.config
-    if not config.tied:
-        raise ValueError("untie needs a tied model (config.tied is False)")
-    ref = next(model.parameters())
-    untied = Autoencoder(config.replace(tied=False)).to(
-        dtype=ref.dtype, device=ref.device
-    )
-    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    n = len(config.hidden_dims)
-    for i in range(n):
-        state[f"decoder.{i}.weight"] = (
-            model.encoder[n - 1 - i].weight.detach().T.clone()
-        )
-    untied.load_state_dict(state)
-    untied.train(model.training)
-    return untied
