@@ -225,7 +225,9 @@ def train(
         state = _restore_state(state, recorder.resumed[0], recorder.state_path)
 
     train_x = jnp.asarray(data.train)  # resident on the device for the whole run
-    eval_x = {"val": jnp.asarray(data.val), "test": jnp.asarray(data.test)}
+    eval_x = {
+        split: jnp.asarray(getattr(data, split)) for split in recorder.eval_splits
+    }
     try:
         for epoch in range(recorder.first_epoch, tcfg.epochs):
             recorder.begin_epoch()

@@ -347,6 +347,11 @@ class RunRecorder:
     def first_epoch(self) -> int:
         return len(self.history)
 
+    @property
+    def eval_splits(self) -> tuple[str, ...]:
+        """The splits evaluated each epoch: "test", and "val" first when held out."""
+        return ("test",) if self.data.val_is_test else ("val", "test")
+
     def begin_epoch(self) -> None:
         self.epoch_start = time.perf_counter()
 
@@ -355,8 +360,7 @@ class RunRecorder:
         loss), then ``evaluate(split)`` for "val" (if held out) and "test"."""
         row = {"epoch": epoch + 1, "lr": lr}
         row.update(epoch_means(step_metrics, epoch))
-        splits = ("test",) if self.data.val_is_test else ("val", "test")
-        for split in splits:
+        for split in self.eval_splits:
             row.update({f"{split}/{k}": v for k, v in evaluate(split).items()})
         return row
 

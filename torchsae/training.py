@@ -219,8 +219,8 @@ def train(
 
     train_x = torch.from_numpy(data.train).to(device)
     eval_x = {
-        "val": torch.from_numpy(data.val).to(device),
-        "test": torch.from_numpy(data.test).to(device),
+        split: torch.from_numpy(getattr(data, split)).to(device)
+        for split in recorder.eval_splits
     }
     try:
         for epoch in range(recorder.first_epoch, tcfg.epochs):
