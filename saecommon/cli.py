@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 from typing import Any
 
@@ -125,7 +124,3 @@ def default_out(args: argparse.Namespace) -> str:
     return args.out or os.path.join(
         "runs", f"{args.preset or 'custom'}-{args.framework}"
     )
-
-
-def describe(run: RunConfig) -> str:
-    return json.dumps(json.loads(run.to_json()), sort_keys=True)

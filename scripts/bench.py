@@ -11,6 +11,7 @@ GFLOP/s as a fraction of it. Timings exclude compilation (one warm-up pass first
 """
 
 import argparse
+import dataclasses
 import json
 import platform
 import time
@@ -52,7 +53,7 @@ def matmul_gflops(n=2048) -> dict[str, float]:
 
 
 def bench_jax(run, x: np.ndarray, batch: int) -> float:
-    tcfg = run.train.__class__(**{**run.train.__dict__, "batch_size": batch})
+    tcfg = dataclasses.replace(run.train, batch_size=batch)
     opt = jt.make_optimizer(tcfg, len(x) // batch)
     epoch = jt.make_train_epoch(jt.make_train_step(run.model, tcfg, opt), batch)
     params = jt.Autoencoder(run.model).init(jax.random.key(0), jnp.zeros((1, 784)))[
@@ -71,7 +72,7 @@ def bench_jax(run, x: np.ndarray, batch: int) -> float:
 
 
 def bench_torch(run, x: np.ndarray, batch: int, compile: bool) -> float:
-    tcfg = run.train.__class__(**{**run.train.__dict__, "batch_size": batch})
+    tcfg = dataclasses.replace(run.train, batch_size=batch)
     model = Autoencoder(run.model, generator=torch.Generator().manual_seed(0))
     opt = tt.make_optimizer(tcfg, len(x) // batch, model.parameters())
     step = tt.make_train_step(run.model, tcfg, model, opt, compile=compile)
