@@ -182,11 +182,7 @@ class SAEConfig:
         version = data.pop("version", CONFIG_VERSION)
         if version != CONFIG_VERSION:
             raise ConfigError(f"config version {version} is not {CONFIG_VERSION}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown config fields: {', '.join(unknown)}")
-        return cls(**data)
+        return from_fields(cls, data, "config")
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -200,6 +196,15 @@ class SAEConfig:
         if not isinstance(data, dict):
             raise ConfigError("config JSON must be an object")
         return cls.from_dict(data)
+
+
+def from_fields(cls, data: dict[str, Any], what: str):
+    """``cls(**data)`` for a config dataclass, naming any key it has no field for."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"unknown {what} fields: {', '.join(unknown)}")
+    return cls(**data)
 
 
 def check_topk(k: Any, width: int) -> int:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from typing import Any
 
 from saecommon.config import (
     ConfigError,
@@ -17,6 +16,7 @@ from saecommon.config import (
     check_choice,
     check_float,
     check_int,
+    from_fields,
 )
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -122,7 +122,9 @@ class RunConfig:
         if isinstance(self.model, dict):
             object.__setattr__(self, "model", SAEConfig.from_dict(self.model))
         if isinstance(self.train, dict):
-            object.__setattr__(self, "train", _from_dict(TrainConfig, self.train))
+            object.__setattr__(
+                self, "train", from_fields(TrainConfig, self.train, "TrainConfig")
+            )
 
     def to_json(self) -> str:
         data = {"model": self.model.to_dict(), "train": dataclasses.asdict(self.train)}
@@ -139,14 +141,6 @@ class RunConfig:
                 "run config JSON must be an object with 'model' and 'train'"
             )
         return cls(model=data["model"], train=data["train"])
-
-
-def _from_dict(cls, data: dict[str, Any]):
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ConfigError(f"unknown {cls.__name__} fields: {', '.join(unknown)}")
-    return cls(**data)
 
 
 PRESETS: dict[str, RunConfig] = {
