@@ -67,6 +67,25 @@ def run_torch(state_dict, config: SAEConfig, x: np.ndarray, train: bool, device=
     return got
 
 
+def run_case(index: int, config: SAEConfig, x: np.ndarray, dtype, device, case: str):
+    """One parity case: weights initialised in JAX (even index) or torch (odd) and
+    ported to the other, then both packages run ``x`` in training and evaluation mode
+    and everything is compared. Returns JAX's evaluation-mode results."""
+    from conftest import _framework
+
+    init_in = "jax" if index % 2 == 0 else "torch"
+    weights = {
+        k: v.astype(dtype) for k, v in _framework(init_in).init(config, index).items()
+    }
+    x = x.astype(dtype)
+    with jax.enable_x64(dtype == np.float64), on_device(device) as torch_device:
+        for train in (True, False):
+            got_jax = run_jax(weights, config, x, train)
+            got_torch = run_torch(weights, config, x, train, torch_device)
+            compare(got_jax, got_torch, dtype, f"{case} train={train}")
+    return got_jax
+
+
 def compare(jax_out: dict, torch_out: dict, dtype, case: str = "") -> dict[str, float]:
     """Assert every tensor agrees; masks exactly. Returns the max abs difference of each.
 

@@ -4,12 +4,10 @@ parameter gradient (conv, transposed-conv and linear) in jaxsae and torchsae."""
 
 import itertools
 
-import jax
 import numpy as np
 import pytest
 
-from conftest import _framework
-from parity_tests.harness import compare, on_device, run_jax, run_torch
+from parity_tests.harness import run_case
 from parity_tests.test_matrix import PENALTIES
 from saecommon.config import SAEConfig
 
@@ -65,17 +63,7 @@ def image_batch(seed: int) -> np.ndarray:
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("index, config", CASES)
 def test_conv_parity(index, config, dtype, device, request):
-    init_in = "jax" if index % 2 == 0 else "torch"
-    weights = {
-        k: v.astype(dtype) for k, v in _framework(init_in).init(config, index).items()
-    }
-    x = image_batch(index).astype(dtype)
-    case = request.node.callspec.id
-    with jax.enable_x64(dtype == np.float64), on_device(device) as torch_device:
-        for train in (True, False):
-            got_jax = run_jax(weights, config, x, train)
-            got_torch = run_torch(weights, config, x, train, torch_device)
-            compare(got_jax, got_torch, dtype, f"{case} train={train}")
+    run_case(index, config, image_batch(index), dtype, device, request.node.callspec.id)
 
 
 def test_the_conv_matrix_covers_both_architectures():

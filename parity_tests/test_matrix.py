@@ -4,12 +4,10 @@ jaxsae and torchsae, in float64 and float32, on the CPU (and the GPU when presen
 
 import itertools
 
-import jax
 import numpy as np
 import pytest
 
-from conftest import _framework
-from parity_tests.harness import compare, on_device, run_jax, run_torch
+from parity_tests.harness import run_case
 from saecommon.config import SAEConfig
 
 ACTIVATIONS = ["relu", "leaky_relu", "sigmoid", "identity"]
@@ -80,19 +78,11 @@ def tie_batch(seed: int) -> np.ndarray:
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("index, config", CASES)
 def test_parity(index, config, dtype, device, request):
-    # Initialise in one framework, port to the other; alternate which one by case.
-    init_in = "jax" if index % 2 == 0 else "torch"
-    weights = _framework(init_in).init(config, index)
-    weights = {k: v.astype(dtype) for k, v in weights.items()}
-    x = tie_batch(index).astype(dtype)
-    case = request.node.callspec.id
-    with jax.enable_x64(dtype == np.float64), on_device(device) as torch_device:
-        for train in (True, False):
-            got_jax = run_jax(weights, config, x, train)
-            got_torch = run_torch(weights, config, x, train, torch_device)
-            compare(got_jax, got_torch, dtype, f"{case} train={train}")
+    got = run_case(
+        index, config, tie_batch(index), dtype, device, request.node.callspec.id
+    )
     if config.topk is not None:
-        assert (got_jax["mask"].sum(1) == config.topk).all()
+        assert (got["mask"].sum(1) == config.topk).all()
 
 
 def test_the_matrix_is_large_enough():
