@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 import torch
 
+from saecommon.runs import PreparedData
+
 
 @dataclasses.dataclass(frozen=True)
 class Framework:
@@ -125,3 +127,21 @@ def reference_mask(x: np.ndarray, k: int) -> np.ndarray:
     lower = np.tril(np.ones((n, n), bool), -1)  # lower[i, j]: j < i
     equal_before = ((x[:, None, :] == x[:, :, None]) & lower).sum(-1)
     return larger + equal_before < k
+
+
+def synthetic_data(n_train=320, n_test=70, seed=0) -> PreparedData:
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(size=(n_train + n_test, 16)).astype(np.float32)
+    y = rng.integers(0, 10, n_train + n_test)
+    return PreparedData(
+        x[:n_train],
+        y[:n_train],
+        x[n_train:],
+        y[n_train:],
+        x[n_train:],
+        y[n_train:],
+        (0.0, 1.0),
+        (4, 4),
+        None,
+        True,
+    )

@@ -10,7 +10,8 @@ dropped (static shapes); each epoch reshuffles, so every sample is seen over tim
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
+from functools import partial
 from typing import Any, NamedTuple
 
 import jax
@@ -22,7 +23,7 @@ from jaxsae.checkpoint import from_state_dict, save_checkpoint, to_state_dict
 from jaxsae.losses import loss_terms
 from jaxsae.models import Autoencoder
 from saecommon import runs
-from saecommon.checkpoint import CheckpointError
+from saecommon.checkpoint import CheckpointError, check_frozen
 from saecommon.config import SAEConfig
 from saecommon.train_config import RunConfig, TrainConfig
 
@@ -36,10 +37,15 @@ class TrainState(NamedTuple):
 
 
 def make_optimizer(
-    tcfg: TrainConfig, steps_per_epoch: int
+    tcfg: TrainConfig, steps_per_epoch: int, frozen: Collection[str] = ()
 ) -> optax.GradientTransformation:
     """Adam / AdamW / SGD with momentum. The learning rate lives in the optimizer state
-    (``inject_hyperparams``) so reduce-on-plateau can change it between epochs."""
+    (``inject_hyperparams``) so reduce-on-plateau can change it between epochs.
+
+    ``frozen`` names layers ("encoder.0", as in the checkpoint) that must not move:
+    ``optax.multi_transform`` sends them to ``set_to_zero``, so they get no update, no
+    weight decay and no optimizer state (the optimizer's moments exist only for the
+    trained layers)."""
     if tcfg.schedule == "cosine":
         lr = optax.cosine_decay_schedule(
             tcfg.learning_rate, tcfg.epochs * steps_per_epoch
@@ -54,7 +60,26 @@ def make_optimizer(
             return optax.sgd(learning_rate, momentum=tcfg.momentum)
         return optax.adam(learning_rate)
 
-    return optax.inject_hyperparams(build)(learning_rate=lr)
+    def build_partly_frozen(learning_rate):
+        transforms = {"train": build(learning_rate), "frozen": optax.set_to_zero()}
+        return optax.multi_transform(transforms, partial(_frozen_labels, frozen))
+
+    return optax.inject_hyperparams(build_partly_frozen if frozen else build)(
+        learning_rate=lr
+    )
+
+
+def _frozen_labels(frozen: Collection[str], params) -> dict:
+    """ "frozen" or "train" for every leaf; top-level names encoder_0 <-> encoder.0."""
+    labels = {}
+    for name, layer in params.items():
+        label = "frozen" if _layer_name(name) in frozen else "train"
+        labels[name] = jax.tree.map(lambda _, label=label: label, layer)
+    return labels
+
+
+def _layer_name(flax_name: str) -> str:
+    return flax_name.replace("_", ".")
 
 
 def corrupt(x: jax.Array, key: jax.Array, tcfg: TrainConfig, pixel_range=(0.0, 1.0)):
@@ -99,15 +124,22 @@ def make_train_step(
     return train_step
 
 
-def make_train_epoch(train_step: Callable, batch_size: int) -> Callable:
+def make_train_epoch(
+    train_step: Callable, batch_size: int, shuffle: bool = True
+) -> Callable:
     """``epoch(state, data [n, input], key) -> (state, per-step metrics [steps])``,
-    jitted once with the state donated: one shuffle, a scan over ``n // batch_size``
-    minibatches gathered on the device, no host round trip per step."""
+    jitted once with the state donated: one shuffle (or the data in order), a scan over
+    ``n // batch_size`` minibatches gathered on the device, no host round trip per
+    step."""
 
     def train_epoch(state: TrainState, data: jax.Array, key: jax.Array):
         steps = data.shape[0] // batch_size
         perm_key, noise_key = jax.random.split(key)
-        order = jax.random.permutation(perm_key, data.shape[0])[: steps * batch_size]
+        if shuffle:
+            order = jax.random.permutation(perm_key, data.shape[0])
+        else:
+            order = jnp.arange(data.shape[0])
+        order = order[: steps * batch_size]
 
         def body(state, xs):
             indices, step_key = xs
@@ -167,6 +199,17 @@ def make_evaluate(config: SAEConfig, batch_size: int) -> Callable:
     return evaluate
 
 
+def init_params(config: SAEConfig, key: jax.Array):
+    """Random initial parameters (torch's default init rule, see models.py)."""
+    return Autoencoder(config).init(key, jnp.zeros((1, config.input_dim)))["params"]
+
+
+def init_state_dict(config: SAEConfig, seed: int) -> dict[str, np.ndarray]:
+    """The portable initial weights ``train`` draws for ``config`` with ``seed``."""
+    init_key, _ = jax.random.split(jax.random.key(seed))
+    return to_state_dict(init_params(config, init_key))
+
+
 def _state_arrays(state: TrainState) -> dict[str, np.ndarray]:
     leaves = jax.tree_util.tree_flatten_with_path(state)[0]
     return {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in leaves}
@@ -198,23 +241,26 @@ def train(
     data: runs.PreparedData | None = None,
     progress: bool = True,
     init: Mapping[str, np.ndarray] | None = None,
+    frozen: Collection[str] = (),
 ) -> list[dict]:
     """Train ``run`` and write the run directory; returns the metrics history.
 
     With ``resume``, continue from ``out_dir``'s train state (only ``epochs`` may
     differ); the result equals an uninterrupted run with the same seed. ``init``, a
     portable state dict (``saecommon.checkpoint.initial_state_dict``), replaces the
-    random initial weights: fine-tuning, e.g. untied after a tied run."""
+    random initial weights: fine-tuning, e.g. untied after a tied run. ``frozen``
+    layers ("encoder.0", ...) keep their initial weights (``make_optimizer``)."""
     mcfg, tcfg = run.model, run.train
+    check_frozen(frozen, mcfg)
     data = runs.prepare_data(run) if data is None else data
     steps_per_epoch = len(data.train) // tcfg.batch_size
-    optimizer = make_optimizer(tcfg, steps_per_epoch)
+    optimizer = make_optimizer(tcfg, steps_per_epoch, frozen)
     train_step = make_train_step(mcfg, tcfg, optimizer, data.pixel_range)
-    train_epoch = make_train_epoch(train_step, tcfg.batch_size)
+    train_epoch = make_train_epoch(train_step, tcfg.batch_size, tcfg.shuffle)
     evaluate = make_evaluate(mcfg, tcfg.eval_batch_size)
 
     init_key, train_key = jax.random.split(jax.random.key(tcfg.seed))
-    params = Autoencoder(mcfg).init(init_key, jnp.zeros((1, mcfg.input_dim)))["params"]
+    params = init_params(mcfg, init_key)
     if init is not None:
         params = from_state_dict(init, mcfg)
     state = TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32))

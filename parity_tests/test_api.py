@@ -84,12 +84,28 @@ def test_training_modules_share_their_contract():
     from jaxsae import training as jt
     from torchsae import training as tt
 
-    for name in ("make_optimizer", "corrupt", "make_train_step", "train", "FRAMEWORK"):
+    from jaxsae import layerwise as jl
+    from torchsae import layerwise as tl
+
+    for name in (
+        "make_optimizer",
+        "corrupt",
+        "make_train_step",
+        "train",
+        "init_state_dict",
+        "FRAMEWORK",
+    ):
         assert hasattr(jt, name) and hasattr(tt, name), name
-    # train(run, out_dir, *, resume, data, progress): torch adds device and compile.
-    a = inspect.signature(jt.train).parameters
-    b = inspect.signature(tt.train).parameters
-    assert list(a) == list(b)[: len(a)] and list(b)[len(a) :] == ["device", "compile"]
+    # train(run, out_dir, *, resume, data, progress, init, frozen) and
+    # pretrain(run, out_dir, *, resume, data, progress, init): torch adds device and
+    # compile.
+    for a, b in ((jt.train, tt.train), (jl.pretrain, tl.pretrain)):
+        a = inspect.signature(a).parameters
+        b = inspect.signature(b).parameters
+        assert list(a) == list(b)[: len(a)]
+        assert list(b)[len(a) :] == ["device", "compile"]
+    assert list(inspect.signature(jt.init_state_dict).parameters) == ["config", "seed"]
+    assert list(inspect.signature(tt.init_state_dict).parameters) == ["config", "seed"]
     # The JAX epoch is a jitted scan (make_train_epoch/make_evaluate build jitted
     # functions); torch loops eagerly over resident tensors (train_epoch/evaluate).
     assert hasattr(jt, "make_train_epoch") and hasattr(tt, "train_epoch")

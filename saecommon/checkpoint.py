@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 import numpy as np
 from safetensors import SafetensorError, safe_open
@@ -67,6 +67,17 @@ def check_state_dict(state_dict: StateDict, config: SAEConfig) -> None:
     if len(dtypes) != 1 or not np.issubdtype(next(iter(dtypes)), np.floating):
         raise CheckpointError(
             f"checkpoint tensors must share one float dtype, got {dtypes}"
+        )
+
+
+def check_frozen(frozen: Collection[str], config: SAEConfig) -> None:
+    """Frozen layers must be layers of ``config``'s model (named as in checkpoints)."""
+    names = [layer.name for layer in layers(config)]
+    unknown = sorted(set(frozen) - set(names))
+    if unknown:
+        raise ValueError(
+            f"cannot freeze {', '.join(unknown)}: the model's layers are "
+            + ", ".join(names)
         )
 
 

@@ -138,14 +138,20 @@ def check_resumable(meta: dict, run: RunConfig, framework: str, path) -> None:
             f"{path} was written by {meta.get('framework')}; resume it with "
             f"--framework {meta.get('framework')}"
         )
-    saved = RunConfig.from_json(meta["run_config"])
-    if dataclasses.replace(saved, train=dataclasses.replace(saved.train, epochs=1)) != (
-        dataclasses.replace(run, train=dataclasses.replace(run.train, epochs=1))
-    ):
+    if not same_but_epochs(RunConfig.from_json(meta["run_config"]), run):
         raise CheckpointError(
             f"{path} belongs to a run with another config; only --epochs may change "
             "on --resume"
         )
+
+
+def same_but_epochs(a: RunConfig, b: RunConfig) -> bool:
+    """Whether two runs are the same experiment, perhaps with more or fewer epochs."""
+
+    def strip(run: RunConfig) -> RunConfig:
+        return dataclasses.replace(run, train=dataclasses.replace(run.train, epochs=1))
+
+    return strip(a) == strip(b)
 
 
 def write_history(out_dir: str | os.PathLike, history: list[dict]) -> None:

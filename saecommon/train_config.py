@@ -66,6 +66,16 @@ class TrainConfig:
     the test split."""
     seed: int = 0
     """Seeds init, shuffling and noise."""
+    shuffle: bool = True
+    """Reshuffle the training set every epoch. False visits it in order (with no noise,
+    both packages then see the same batches: the cross-framework training tests)."""
+    layerwise_epochs: tuple[int, ...] = ()
+    """Greedy layer-wise pretraining (mlp): epochs for each stage, one per encoder
+    layer, outermost first; ``epochs`` then fine-tunes the whole model. Empty: none.
+    See saecommon/layerwise.py."""
+    layerwise_tied: bool = False
+    """Tie the decoder weights while pretraining layer-wise (the fine-tune follows the
+    model's ``tied``: a tied pretraining may be fine-tuned untied)."""
 
     def __post_init__(self):
         if not isinstance(self.dataset, str) or not self.dataset:
@@ -109,6 +119,20 @@ class TrainConfig:
                 f"val_fraction must be in [0, 1), got {self.val_fraction}"
             )
         check_int("seed", self.seed, minimum=0)
+        for name in ("shuffle", "layerwise_tied"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(
+                    f"{name} must be true or false, got {getattr(self, name)!r}"
+                )
+        if not isinstance(self.layerwise_epochs, list | tuple):
+            raise ConfigError(
+                "layerwise_epochs must be a list of epochs per stage, got "
+                f"{self.layerwise_epochs!r}"
+            )
+        # JSON gives lists; keep the dataclass hashable and comparable.
+        object.__setattr__(self, "layerwise_epochs", tuple(self.layerwise_epochs))
+        for i, epochs in enumerate(self.layerwise_epochs):
+            check_int(f"layerwise_epochs[{i}]", epochs, minimum=1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,6 +211,21 @@ PRESETS: dict[str, RunConfig] = {
             loss="mse",
         ),
         TrainConfig(epochs=20, batch_size=512, learning_rate=1e-3),
+    ),
+    # Greedy layer-wise pretraining of a deep 784-128-64-32-2 autoencoder (a 2-D code
+    # to look at), one stage per encoder layer, then the whole model fine-tuned.
+    "mnist-layerwise": RunConfig(
+        SAEConfig(
+            input_dim=784,
+            hidden_dims=(128, 64, 32, 2),
+            activation="relu",
+            code_activation="identity",
+            output_activation="sigmoid",
+            loss="mse",
+        ),
+        TrainConfig(
+            epochs=10, batch_size=256, learning_rate=1e-3, layerwise_epochs=(3, 3, 3, 3)
+        ),
     ),
     "mnist-denoise": RunConfig(
         SAEConfig(

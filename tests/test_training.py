@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.numpy import load_file
 
+from conftest import synthetic_data
 from saecommon import runs
 from saecommon.config import SAEConfig
 from saecommon.train_config import Plateau, RunConfig, TrainConfig, cosine_lr
@@ -24,24 +25,6 @@ MODEL = SAEConfig(
     penalty="l1",
     penalty_weight=1e-3,
 )
-
-
-def synthetic_data(n_train=320, n_test=70, seed=0) -> runs.PreparedData:
-    rng = np.random.default_rng(seed)
-    x = rng.uniform(size=(n_train + n_test, 16)).astype(np.float32)
-    y = rng.integers(0, 10, n_train + n_test)
-    return runs.PreparedData(
-        x[:n_train],
-        y[:n_train],
-        x[n_train:],
-        y[n_train:],
-        x[n_train:],
-        y[n_train:],
-        (0.0, 1.0),
-        (4, 4),
-        None,
-        True,
-    )
 
 
 def trainer(name):

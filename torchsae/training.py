@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 
 import numpy as np
 import torch
 
 from saecommon import runs
-from saecommon.checkpoint import CheckpointError, check_state_dict
+from saecommon.checkpoint import CheckpointError, check_frozen, check_state_dict
 from saecommon.config import SAEConfig
 from saecommon.train_config import RunConfig, TrainConfig, cosine_lr
 from torchsae.checkpoint import save_checkpoint, to_state_dict
@@ -112,11 +112,20 @@ def make_train_step(
 
 
 def train_epoch(
-    train_step, data: torch.Tensor, batch_size: int, generator, first_step: int = 0
+    train_step,
+    data: torch.Tensor,
+    batch_size: int,
+    generator,
+    first_step: int = 0,
+    shuffle: bool = True,
 ) -> dict:
-    """One shuffled pass; returns per-step metrics as numpy arrays [steps]."""
+    """One shuffled pass (or one in order); returns per-step metrics as numpy arrays
+    [steps]."""
     steps = data.shape[0] // batch_size
-    order = torch.randperm(data.shape[0], generator=generator, device=data.device)
+    if shuffle:
+        order = torch.randperm(data.shape[0], generator=generator, device=data.device)
+    else:
+        order = torch.arange(data.shape[0], device=data.device)
     metrics = torch.empty(steps, len(METRIC_KEYS), dtype=data.dtype, device=data.device)
     for i in range(steps):
         batch = data[order[i * batch_size : (i + 1) * batch_size]]
@@ -151,6 +160,13 @@ def evaluate(
     return out
 
 
+def init_state_dict(config: SAEConfig, seed: int) -> dict[str, np.ndarray]:
+    """The portable initial weights ``train`` draws for ``config`` with ``seed``."""
+    return to_state_dict(
+        Autoencoder(config, generator=torch.Generator().manual_seed(seed))
+    )
+
+
 def _state_arrays(model, optimizer) -> tuple[dict[str, np.ndarray], list]:
     arrays = {f"model.{k}": v for k, v in to_state_dict(model).items()}
     opt = optimizer.state_dict()
@@ -183,6 +199,7 @@ def train(
     data: runs.PreparedData | None = None,
     progress: bool = True,
     init: Mapping[str, np.ndarray] | None = None,
+    frozen: Collection[str] = (),
     device: str = "cpu",
     compile: bool = False,
 ) -> list[dict]:
@@ -191,8 +208,11 @@ def train(
     With ``resume``, continue from ``out_dir``'s train state (only ``epochs`` may
     differ); the result equals an uninterrupted run with the same seed. ``init``, a
     portable state dict (``saecommon.checkpoint.initial_state_dict``), replaces the
-    random initial weights: fine-tuning, e.g. untied after a tied run."""
+    random initial weights: fine-tuning, e.g. untied after a tied run. ``frozen``
+    layers ("encoder.0", ...) keep their initial weights: ``requires_grad=False`` and
+    left out of the optimizer, so they get no update, no weight decay and no state."""
     mcfg, tcfg = run.model, run.train
+    check_frozen(frozen, mcfg)
     data = runs.prepare_data(run) if data is None else data
     steps_per_epoch = len(data.train) // tcfg.batch_size
     total_steps = tcfg.epochs * steps_per_epoch
@@ -204,7 +224,12 @@ def train(
         model.load_state_dict(
             {k: torch.from_numpy(np.array(v)) for k, v in init.items()}
         )
-    optimizer = make_optimizer(tcfg, steps_per_epoch, model.parameters())
+    trained = []
+    for name, param in model.named_parameters():
+        param.requires_grad_(name.rsplit(".", 1)[0] not in frozen)
+        if param.requires_grad:
+            trained.append(param)
+    optimizer = make_optimizer(tcfg, steps_per_epoch, trained)
     train_step = make_train_step(
         mcfg, tcfg, model, optimizer, data.pixel_range, total_steps, compile
     )
@@ -234,7 +259,12 @@ def train(
                 epoch_seed(tcfg.seed, epoch)
             )
             step_metrics = train_epoch(
-                train_step, train_x, tcfg.batch_size, generator, first_step
+                train_step,
+                train_x,
+                tcfg.batch_size,
+                generator,
+                first_step,
+                tcfg.shuffle,
             )
             model.eval()
             row = recorder.row(
