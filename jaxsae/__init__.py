@@ -7,6 +7,7 @@ from jaxsae.checkpoint import (
     to_state_dict,
     untie,
 )
+from jaxsae.evaluation import encode, evaluate_checkpoint, evaluate_model
 from jaxsae.losses import bce_loss, loss_terms, mse_loss, reconstruction_loss
 from jaxsae.models import (
     Autoencoder,
@@ -36,6 +37,9 @@ __all__ = [
     "apply_mask",
     "bce_loss",
     "check_input",
+    "encode",
+    "evaluate_checkpoint",
+    "evaluate_model",
     "from_state_dict",
     "kl_divergence",
     "kl_penalty",

@@ -32,7 +32,15 @@ PURE = [
 ]
 # Framework-shaped on purpose: JAX passes (params, config), torch passes the module that
 # holds its config. Names match; arguments follow each framework's idiom.
-IDIOMATIC = {"save_checkpoint", "load_checkpoint", "to_state_dict", "untie"}
+IDIOMATIC = {
+    "save_checkpoint",
+    "load_checkpoint",
+    "to_state_dict",
+    "untie",
+    "encode",
+    "evaluate_model",
+    "evaluate_checkpoint",
+}
 
 
 def test_public_names_match():
@@ -81,11 +89,10 @@ def test_the_packages_never_import_each_other():
 
 
 def test_training_modules_share_their_contract():
-    from jaxsae import training as jt
-    from torchsae import training as tt
-
     from jaxsae import layerwise as jl
+    from jaxsae import training as jt
     from torchsae import layerwise as tl
+    from torchsae import training as tt
 
     for name in (
         "make_optimizer",

@@ -94,6 +94,15 @@ def write_checkpoint(path: str | os.PathLike, state_dict: StateDict, config: SAE
     atomic_write(path, _save_bytes(arrays, metadata=metadata))
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()
+
+
 def atomic_write(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to a temp file beside ``path``, fsync, then rename over ``path``:
     a kill at any moment leaves the old file (or none), never a truncated one."""
@@ -108,6 +117,7 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _FILE_MODE)  # mkstemp makes 0600; others may read, as with open()
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

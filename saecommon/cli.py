@@ -114,6 +114,8 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
     train = {
         k.split(".")[1]: v for k, v in overrides.items() if k.startswith("TrainConfig.")
     }
+    if model.get("architecture", "mlp") != "mlp" and "hidden_dims" not in model:
+        model["hidden_dims"] = None  # the conv architectures fix their own code width
     return RunConfig(
         dataclasses.replace(base.model, **model),
         dataclasses.replace(base.train, **train),

@@ -510,3 +510,47 @@ def write_run_plots(
     if labels is not None and np.ndim(codes) == 2 and np.shape(codes)[1] == 2:
         paths.append(plot_code_scatter(codes, labels, out / CODE_SCATTER))
     return paths
+
+
+# --------------------------------------------------------------------------- evaluation
+
+ACTIVATION_FREQUENCY = "activation_frequency.png"
+
+
+def plot_activation_frequency(frequency, path, bins: int = 20) -> pathlib.Path:
+    """A histogram of per-unit activation frequency [code] (the share of samples on
+    which each code unit is non-zero, each in [0, 1]): ``bins`` equal bins over
+    (0, 1] in blue, the dead units (frequency exactly 0) as their own red bar left of
+    0, so that a unit active once is never counted as dead, and the mean frequency
+    (mean L0 / code units) as a dashed line. Returns ``path``."""
+    f = np.asarray(frequency, dtype=np.float64)
+    if f.ndim != 1 or f.size < 1:
+        raise ValueError(
+            f"frequency must be [code] with code >= 1, got shape {f.shape}"
+        )
+    if not np.all(np.isfinite(f) & (f >= 0) & (f <= 1)):
+        raise ValueError("frequency must hold shares in [0, 1], one per code unit")
+    n_bins = _check_n(bins)
+    width = 1 / n_bins
+    dead = int(np.sum(f == 0))
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    ax = fig.subplots()
+    ax.hist(
+        f[f > 0], bins=np.linspace(0, 1, n_bins + 1), color="tab:blue", label="active"
+    )
+    if dead:
+        ax.bar(
+            -width / 2, dead, width=width, color="tab:red", label="dead (never active)"
+        )
+    ax.axvline(float(f.mean()), color="black", linestyle="--", label="mean")
+    ax.set_xlim(-width * 1.2, 1.0)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel(
+        "activation frequency (share of samples on which the unit is non-zero)"
+    )
+    ax.set_ylabel("code units")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small")
+    s = "s" if f.size > 1 else ""
+    ax.set_title(f"activation frequency of {f.size} code unit{s} ({dead} dead)")
+    return _save(fig, path)

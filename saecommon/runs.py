@@ -160,6 +160,15 @@ def write_history(out_dir: str | os.PathLike, history: list[dict]) -> None:
     atomic_write(os.path.join(out_dir, METRICS), text.encode())
 
 
+def read_history(out_dir: str | os.PathLike) -> list[dict]:
+    """A run directory's metrics.jsonl rows ([] when it has none)."""
+    path = os.path.join(out_dir, METRICS)
+    if not os.path.isfile(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
 def epoch_means(step_metrics: Mapping[str, np.ndarray], epoch: int, prefix="train"):
     """Per-step metric arrays -> their epoch means; raises TrainingDiverged naming the
     first step whose loss is not finite."""
@@ -257,6 +266,14 @@ def dictionary(
     return weight.T, None  # [input, h1] -> [h1, input]
 
 
+def picture_shape(data: PreparedData, input_dim: int) -> tuple[int, int]:
+    """(h, w) to draw one sample as: the image's, or a column when it does not fit."""
+    shape = data.image_shape[:2] if len(data.image_shape) >= 2 else data.image_shape
+    if int(np.prod(shape)) != input_dim:
+        shape = (input_dim, 1)
+    return tuple(int(s) for s in shape)
+
+
 def finish_run(
     out_dir,
     run: RunConfig,
@@ -280,11 +297,7 @@ def finish_run(
             data.normalization.invert(x),
             data.normalization.invert(recon),
         )
-    image_shape = (
-        data.image_shape[:2] if len(data.image_shape) >= 2 else data.image_shape
-    )
-    if int(np.prod(image_shape)) != run.model.input_dim:
-        image_shape = (run.model.input_dim, 1)
+    image_shape = picture_shape(data, run.model.input_dim)
     weights, tile_shape = dictionary(state_dict, run.model)
     write_run_plots(
         out_dir,

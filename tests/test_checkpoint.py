@@ -140,3 +140,16 @@ def test_a_failed_write_leaves_the_old_checkpoint(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == ["model.safetensors"]  # no temp file left behind
     back, _ = read_checkpoint(path)
     np.testing.assert_array_equal(back["encoder.0.weight"], sd["encoder.0.weight"])
+
+
+def test_atomic_writes_are_readable_like_open_writes(tmp_path):
+    import os
+
+    from saecommon.checkpoint import atomic_write
+
+    atomic_write(tmp_path / "a.bin", b"x")
+    with open(tmp_path / "b.bin", "wb") as f:
+        f.write(b"x")
+    mode = lambda p: os.stat(p).st_mode & 0o777  # noqa: E731
+    assert mode(tmp_path / "a.bin") == mode(tmp_path / "b.bin")
+    assert (tmp_path / "a.bin").read_bytes() == b"x"

@@ -104,6 +104,13 @@ def test_every_config_field_is_a_flag():
     )
 
 
+def test_a_conv_architecture_flag_brings_its_own_code_width():
+    assert parse("--architecture", "fullconv").model.hidden_dims == (512,)
+    assert parse("--architecture", "conv").model.hidden_dims == (128,)
+    with pytest.raises(ConfigError, match="leave hidden_dims unset"):
+        parse("--architecture", "conv", "--hidden-dims", "64")
+
+
 def test_data_dir_is_the_dataset(tmp_path):
     assert parse("--data-dir", str(tmp_path)).train.dataset == str(tmp_path)
 

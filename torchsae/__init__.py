@@ -9,6 +9,7 @@ from torchsae.checkpoint import (
     to_state_dict,
     untie,
 )
+from torchsae.evaluation import encode, evaluate_checkpoint, evaluate_model
 from torchsae.losses import bce_loss, loss_terms, mse_loss, reconstruction_loss
 from torchsae.models import (
     Autoencoder,
@@ -36,6 +37,9 @@ __all__ = [
     "apply_mask",
     "bce_loss",
     "check_input",
+    "encode",
+    "evaluate_checkpoint",
+    "evaluate_model",
     "from_state_dict",
     "kl_divergence",
     "kl_penalty",

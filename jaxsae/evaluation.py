@@ -1,0 +1,131 @@
+"""Evaluation of a jaxsae model: the forward pass over a dataset in evaluation mode.
+
+Everything else (metrics, probe, noise, report) is saecommon.evaluation's, shared with
+torchsae.evaluation, which has the same public names.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxsae.checkpoint import from_state_dict
+from jaxsae.models import Autoencoder
+from saecommon import evaluation, runs
+from saecommon.config import SAEConfig, check_int
+from saecommon.evaluation import Encoded, Evaluation, Noise
+
+FRAMEWORK = "jax"
+
+
+@functools.lru_cache(maxsize=16)
+def _forward(config: SAEConfig):
+    """One jitted evaluation-mode forward per config, reused by every call of
+    ``encode`` (a fresh closure would compile again)."""
+    model = Autoencoder(config)
+
+    def forward(params, x):
+        out = model.apply({"params": params}, x, train=False)
+        return out.reconstruction, out.logits, out.code
+
+    return jax.jit(forward)
+
+
+def encode(
+    params,
+    config: SAEConfig,
+    x: np.ndarray,
+    *,
+    batch_size: int = 1000,
+    code_only: bool = False,
+) -> Encoded:
+    """Run the model over ``x`` [n, input] in batches, in evaluation mode (no lifetime
+    top-k, no noise): numpy reconstruction and logits [n, input] (None with
+    ``code_only``: they are never copied off the device) and code [n, code].
+
+    Every batch is ``batch_size`` rows, the last one zero-padded (samples are
+    independent in evaluation mode), so each config compiles once."""
+    check_int("batch_size", batch_size, minimum=1)
+    x = np.asarray(x)
+    n = len(x)
+    if n == 0:
+        raise ValueError(f"encode needs at least one sample, got x of shape {x.shape}")
+    forward = _forward(config)
+    parts = []
+    for start in range(0, n, batch_size):
+        batch = x[start : start + batch_size]
+        kept = len(batch)
+        if kept < batch_size:
+            pad = np.zeros((batch_size - kept,) + x.shape[1:], x.dtype)
+            batch = np.concatenate([batch, pad])
+        out = forward(params, jnp.asarray(batch))
+        out = (out[2],) if code_only else out
+        parts.append([np.asarray(a)[:kept] for a in jax.device_get(out)])
+    arrays = [np.concatenate(part) for part in zip(*parts)]
+    return Encoded(None, None, arrays[0]) if code_only else Encoded(*arrays)
+
+
+def evaluate_model(
+    params,
+    config: SAEConfig,
+    data: runs.PreparedData,
+    *,
+    probe: bool = True,
+    noise: Noise | None = None,
+    batch_size: int = 1000,
+    progress: bool = False,
+) -> Evaluation:
+    """The full evaluation (saecommon.evaluation.evaluate_with) of the model
+    ``(params, config)`` on ``data``: reconstruction and sparsity metrics on the test
+    split, denoising metrics with ``noise``, the code and pixel probes with ``probe``."""
+    return evaluation.evaluate_with(
+        lambda x, code_only: encode(
+            params, config, x, batch_size=batch_size, code_only=code_only
+        ),
+        config,
+        data,
+        framework=FRAMEWORK,
+        probe=probe,
+        noise=noise,
+        progress=progress,
+    )
+
+
+def evaluate_checkpoint(
+    path: str | os.PathLike,
+    out_dir: str | os.PathLike | None = None,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    probe: bool = True,
+    noise_seed: int = evaluation.NOISE_SEED,
+    batch_size: int | None = None,
+    progress: bool = True,
+) -> tuple[Evaluation, evaluation.Source, str]:
+    """Evaluate a run directory or checkpoint file on its run's data (with its run's
+    noise if it is a denoising run) and write metrics.json and the pictures to
+    ``out_dir`` (default: eval-jax beside the checkpoint); ``overrides`` replace
+    evaluation fields of the run's TrainConfig (dataset, normalize, noise, ...). See
+    saecommon.evaluation.evaluate_source. Returns (evaluation, source, out_dir)."""
+
+    def evaluate(state_dict, config, data, **options):
+        return evaluate_model(
+            from_state_dict(state_dict, config), config, data, **options
+        )
+
+    return evaluation.evaluate_source(
+        path,
+        out_dir,
+        FRAMEWORK,
+        evaluate,
+        overrides=overrides,
+        probe=probe,
+        noise_seed=noise_seed,
+        batch_size=batch_size,
+        progress=progress,
+    )
