@@ -464,15 +464,7 @@ def prepare_eval_data(run: RunConfig) -> runs.PreparedData:
     [0, 1], standardized with the training split's statistics when ``normalize``, the
     same validation split); the batch size plays no part here."""
     run = RunConfig(run.model, dataclasses.replace(run.train, batch_size=1))
-    try:
-        return runs.prepare_data(run)
-    except DataError:
-        raise
-    except ValueError as err:  # the pixel count does not fit the model's input
-        raise DataError(
-            f"{err}; evaluate on the kind of data the model was trained on "
-            "(--dataset/--data-dir)"
-        ) from None
+    return runs.prepare_data(run)
 
 
 def to_pixels(data: runs.PreparedData, x: np.ndarray) -> np.ndarray:

@@ -26,6 +26,7 @@ from safetensors.numpy import save as _save_bytes
 from saecommon.architectures import layers
 from saecommon.checkpoint import CheckpointError, atomic_write, read_safetensors
 from saecommon.data import (
+    DataError,
     Normalization,
     check_finite,
     fit_normalization,
@@ -72,9 +73,10 @@ def prepare_data(run: RunConfig) -> PreparedData:
     image_shape = tuple(ds.train_images.shape[1:])
     train, test = flatten_images(ds.train_images), flatten_images(ds.test_images)
     if train.shape[1] != mcfg.input_dim:
-        raise ValueError(
+        raise DataError(
             f"dataset {tcfg.dataset!r} has {train.shape[1]} pixels per sample "
-            f"(images {image_shape}) but the model's input_dim is {mcfg.input_dim}"
+            f"(images {image_shape}) but the model's input_dim is {mcfg.input_dim}; "
+            "use the kind of data the model takes (--dataset/--data-dir)"
         )
     train_labels, test_labels = ds.train_labels, ds.test_labels
     val_is_test = tcfg.val_fraction == 0

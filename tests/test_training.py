@@ -13,6 +13,7 @@ from safetensors.numpy import load_file
 from conftest import synthetic_data
 from saecommon import runs
 from saecommon.config import SAEConfig
+from saecommon.data import DataError
 from saecommon.train_config import Plateau, RunConfig, TrainConfig, cosine_lr
 
 MODEL = SAEConfig(
@@ -249,7 +250,7 @@ def test_data_of_the_wrong_width_is_a_clear_error(monkeypatch):
         np.zeros(4, np.int64),
     )
     monkeypatch.setattr(runs, "load_dataset", lambda spec: fake)
-    with pytest.raises(ValueError, match=r"25 pixels per sample .* input_dim is 16"):
+    with pytest.raises(DataError, match=r"25 pixels per sample .* input_dim is 16"):
         runs.prepare_data(RunConfig(MODEL, TrainConfig()))
 
 
