@@ -153,6 +153,12 @@ def test_the_comparison_and_the_readme_table(tmp_path):
     assert "goal: torch train_loss 0.082 is ABOVE the published 0.0809" in text
     assert "goal: jaxsae and torchsae more than 2% apart on train_loss" in text
 
+    deep = {"jax": {**result("fashion-l1-deep", "jax", train_mse=0.01)}}
+    assert reproduce.verdicts(reproduce.ENTRIES["fashion-l1-deep"], deep) == [
+        "goal: jax ran on MNIST; the published figures are for Fashion-MNIST, so they "
+        "are not compared"
+    ]
+
     readme = tmp_path / "README.md"
     readme.write_text(
         f"# x\nbefore\n{reproduce.TABLE_START}\nold\n{reproduce.TABLE_END}\nafter\n"
