@@ -18,6 +18,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from collections.abc import Mapping
 
 import numpy as np
@@ -46,6 +47,10 @@ TRAIN_STATE_FORMAT = "sae-train-state"
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or inf; the last good checkpoint is kept."""
+
+
+class DeadCodeWarning(RuntimeWarning):
+    """Every code unit is zero on every test sample: the code collapsed."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -348,6 +353,7 @@ class RunRecorder:
         tcfg = run.train
         self.plateau = Plateau(tcfg.plateau_factor, tcfg.plateau_patience)
         self.history: list[dict] = []
+        self.warned_dead = False
         self.state_path = os.path.join(out_dir, TRAIN_STATE)
         self.resumed: tuple[dict[str, np.ndarray], dict] | None = None
         if resume:
@@ -383,6 +389,16 @@ class RunRecorder:
         row.update(epoch_means(step_metrics, epoch))
         for split in self.eval_splits:
             row.update({f"{split}/{k}": v for k, v in evaluate(split).items()})
+        if row["test/dead_fraction"] == 1 and not self.warned_dead:
+            self.warned_dead = True
+            warnings.warn(
+                f"the code collapsed at epoch {epoch + 1}: every code unit is zero on "
+                "every test sample, so the decoder sees no input. A ReLU code under "
+                "an L1 penalty can die this way and does not recover; try a lower "
+                "penalty_weight or learning_rate, a leaky_relu code, or another seed",
+                DeadCodeWarning,
+                stacklevel=2,
+            )
         return row
 
     def next_lr(self, row: dict, lr: float) -> float:

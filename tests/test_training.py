@@ -349,3 +349,55 @@ def test_tied_weights_are_updated_once(framework):
     assert loss == 256.0  # computed before the update
     assert w.item() == pytest.approx(-35.4, rel=1e-6)
     assert n_leaves == 3  # the shared weight and two biases: the weight is counted once
+
+
+def test_a_collapsed_code_is_reported(framework, tmp_path):
+    """A code that is zero on every sample warns once, naming the epoch."""
+    from jaxsae.training import init_state_dict
+
+    init = init_state_dict(MODEL, 0)
+    init["encoder.1.bias"] = np.full_like(init["encoder.1.bias"], -100.0)  # ReLU: dead
+    with pytest.warns(runs.DeadCodeWarning, match="collapsed at epoch 1") as caught:
+        history = trainer(framework)(
+            run_config(epochs=2),
+            tmp_path,
+            data=synthetic_data(),
+            progress=False,
+            init=init,
+        )
+    assert len(caught) == 1 and history[-1]["test/dead_fraction"] == 1.0
+    assert history[-1]["train/l0"] == 0.0
+
+
+def test_the_host_loop_computes_what_the_scan_does():
+    """Conv models on the CPU loop over steps on the host (jaxsae.training.host_loop);
+    the loop draws the scan's shuffle and keys and gives the same epoch."""
+    import jax.numpy as jnp
+
+    from jaxsae import training as jt
+
+    tcfg = TrainConfig(batch_size=32, noise="gaussian", optimizer="adamw")
+    opt = jt.make_optimizer(tcfg, 10)
+    params = jt.init_params(MODEL, jax.random.key(0))
+    step = jt.make_train_step(MODEL, tcfg, opt)
+    data = jnp.asarray(synthetic_data().train)
+    results = []
+    for loop in (False, True):
+        fresh = jax.tree.map(jnp.copy, params)  # an epoch donates its state
+        state = jt.TrainState(fresh, opt.init(fresh), jnp.zeros((), jnp.int32))
+        epoch = jt.make_train_epoch(step, 32, loop=loop)
+        state, metrics = epoch(state, data, jax.random.key(7))
+        evaluated = jt.make_evaluate(MODEL, 30, loop=loop)(state.params, data[:70])
+        results.append((state, metrics, evaluated))
+    (a, ma, ea), (b, mb, eb) = results
+    assert int(a.step) == int(b.step) == 10 and mb["loss"].shape == (10,)
+    np.testing.assert_allclose(ma["loss"], mb["loss"], rtol=1e-6)
+    for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7)
+    assert ea.keys() == eb.keys()
+    for k in ea:
+        assert ea[k] == pytest.approx(eb[k], rel=1e-6), k
+    assert jt.host_loop(SAEConfig(architecture="fullconv")) == (
+        jax.default_backend() == "cpu"
+    )
+    assert not jt.host_loop(MODEL)
