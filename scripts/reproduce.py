@@ -8,7 +8,9 @@ python scripts/reproduce.py --table                    # README table from the r
 python scripts/reproduce.py --list
 
 A run that already finished in --out is evaluated again, not retrained; an interrupted
-one resumes. Results go to docs/reproduce/<entry>-<framework>.json.
+one resumes. Results go to docs/reproduce/<entry>-<framework>.json (and the README
+table), except those of runs with --seed or --epochs, which are printed only (unless
+--results names another folder).
 """
 
 import argparse
@@ -39,6 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--epochs",
         type=int,
         help="override the published epochs (a quick check; marked in the result)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        help="override the published seed (another draw of init and shuffle; marked "
+        "in the result)",
     )
     parser.add_argument(
         "--results", default=str(reproduce.RESULTS_DIR), help="results folder"
@@ -81,7 +89,17 @@ def run_entry(entry, framework, args) -> dict:
         notes.append(
             f"{args.epochs} epochs instead of the published {entry.run.train.epochs}"
         )
-    out_dir = os.path.join(args.out, f"{entry.name}-{framework}")
+    if args.seed is not None:
+        run = dataclasses.replace(
+            run, train=dataclasses.replace(run.train, seed=args.seed)
+        )
+        notes.append(f"seed {args.seed} instead of {entry.run.train.seed}")
+    variant = "".join(
+        f"-{name}{value}"
+        for name, value in (("seed", args.seed), ("epochs", args.epochs))
+        if value is not None
+    )
+    out_dir = os.path.join(args.out, f"{entry.name}-{framework}{variant}")
     progress = not args.quiet
     resume = os.path.isfile(os.path.join(out_dir, runs.TRAIN_STATE))
     if resume:  # reuse or continue only the same experiment
@@ -132,8 +150,14 @@ def run_entry(entry, framework, args) -> dict:
         "notes": notes,
         "run_dir": out_dir,
     }
-    reproduce.write_result(result, args.results)
+    if not variant or not _default_results(args):
+        # the default results (and the README table) hold the published setups only
+        reproduce.write_result(result, args.results)
     return result
+
+
+def _default_results(args) -> bool:
+    return os.path.abspath(args.results) == str(reproduce.RESULTS_DIR)
 
 
 def main(argv=None) -> int:
@@ -159,7 +183,7 @@ def main(argv=None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(reproduce.format_comparison(entry, results))
-    if os.path.abspath(args.results) == str(reproduce.RESULTS_DIR):
+    if _default_results(args):
         # the README's table always shows the stored results
         reproduce.update_readme(reproduce.results_table(reproduce.read_results()))
     return 0

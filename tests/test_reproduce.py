@@ -206,6 +206,7 @@ def test_reproduce_command_trains_once_then_reuses(tmp_path, capsys):
     first = capsys.readouterr().out
     assert "mnist-topk: training with jax" in first
     assert "1 epochs instead of the published 100" in first
+    assert (tmp_path / "runs" / "mnist-topk-jax-epochs1" / "model.safetensors").exists()
     stored = json.loads((tmp_path / "results" / "mnist-topk-jax.json").read_text())
     assert stored["epochs"] == 1 and stored["measured"]["l0"] <= 16
     assert 0.8 < stored["measured"]["pixel_probe_accuracy"] < 0.95
