@@ -184,6 +184,7 @@ def measure(entry: Entry, history: list[dict], evaluation, data) -> dict[str, fl
         "train_mse": last["train/recon"] if entry.run.model.loss == "mse" else None,
         "val_mse": last["test/recon"] if entry.run.model.loss == "mse" else None,
         **evaluation.metrics,
+        "test_bce": evaluation.metrics.get("bce"),
     }
     if entry.run.model.output_activation == "sigmoid" and data.normalization is None:
         clean = to_pixels(data, data.test[:1200])

@@ -82,7 +82,8 @@ def test_measure_by_hand():
         True,
     )
     evaluation = SimpleNamespace(
-        metrics={"mse": 0.5, "l0": 3.0}, test=SimpleNamespace(logits=logits)
+        metrics={"mse": 0.5, "l0": 3.0, "bce": 0.7, "dead_fraction": 0.0},
+        test=SimpleNamespace(logits=logits),
     )
     history = [
         {"train/loss": 9.0, "train/recon": 8.0, "test/recon": 7.0},
@@ -93,6 +94,7 @@ def test_measure_by_hand():
     by_hand = np.mean(np.log1p(np.exp(z)) - z * t)
     assert measured["test_bce_1200"] == pytest.approx(by_hand, rel=1e-9)
     assert measured["train_loss"] == 0.25 and measured["mse"] == 0.5
+    assert measured["test_bce"] == 0.7  # the whole test set, beside the first 1200
     assert "train_mse" not in measured  # a BCE model has no MSE training figure
     deep = reproduce.measure(
         reproduce.ENTRIES["fashion-l1-deep"], history, evaluation, data
