@@ -299,8 +299,9 @@ def train(
     evaluate = make_evaluate(mcfg, tcfg.eval_batch_size, loop)
 
     init_key, train_key = jax.random.split(jax.random.key(tcfg.seed))
-    params = init_params(mcfg, init_key)
-    if init is not None:
+    if init is None:
+        params = init_params(mcfg, init_key)
+    else:
         params = from_state_dict(init, mcfg)
     state = TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
     recorder = runs.RunRecorder(

@@ -29,7 +29,6 @@ the rest run: nothing finished is trained again.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections.abc import Callable, Mapping
 
@@ -211,8 +210,7 @@ def pretrain(
             )
         done = _finished_epochs(stage_dir, stage) if resume else None
         if done is not None and done >= stage.run.train.epochs:
-            with open(os.path.join(stage_dir, runs.METRICS)) as f:
-                histories[stage.name] = [json.loads(line) for line in f]
+            histories[stage.name] = runs.read_history(stage_dir)
         else:
             stage_resume = resume and os.path.isfile(
                 os.path.join(stage_dir, runs.TRAIN_STATE)
@@ -251,5 +249,4 @@ def _finished_epochs(stage_dir: str, stage: Stage) -> int | None:
             f"({_dims(saved.model)}, not {_dims(stage.run.model)}, or other settings); "
             "resume only the pretraining that wrote it, or use a new output directory"
         )
-    with open(os.path.join(stage_dir, runs.METRICS)) as f:
-        return sum(1 for line in f if line.strip())
+    return len(runs.read_history(stage_dir))

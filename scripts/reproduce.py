@@ -75,25 +75,21 @@ def machine(framework: str, device: str) -> str:
 
 
 def run_entry(entry, framework, args) -> dict:
-    run, notes = entry.run, []
+    changes, notes = {}, []
     if entry.needs_fashion:
-        dataset, note = reproduce.fashion_dataset(args.data_dir)
-        run = dataclasses.replace(
-            run, train=dataclasses.replace(run.train, dataset=dataset)
-        )
+        changes["dataset"], note = reproduce.fashion_dataset(args.data_dir)
         notes += [note] if note else []
     if args.epochs:
-        run = dataclasses.replace(
-            run, train=dataclasses.replace(run.train, epochs=args.epochs)
-        )
+        changes["epochs"] = args.epochs
         notes.append(
             f"{args.epochs} epochs instead of the published {entry.run.train.epochs}"
         )
     if args.seed is not None:
-        run = dataclasses.replace(
-            run, train=dataclasses.replace(run.train, seed=args.seed)
-        )
+        changes["seed"] = args.seed
         notes.append(f"seed {args.seed} instead of {entry.run.train.seed}")
+    run = dataclasses.replace(
+        entry.run, train=dataclasses.replace(entry.run.train, **changes)
+    )
     variant = "".join(
         f"-{name}{value}"
         for name, value in (("seed", args.seed), ("epochs", args.epochs))
