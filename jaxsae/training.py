@@ -182,56 +182,65 @@ def make_evaluate(config: SAEConfig, batch_size: int, loop: bool = False) -> Cal
     """``evaluate(params, data [n, input]) -> metrics`` over every sample, in evaluation
     mode (no lifetime top-k, no noise): recon, penalty, loss and l0 are means over
     samples (penalties per batch of ``batch_size``, weighted by its size);
-    dead_fraction is the share of code units zero on every sample. The batches run as
-    one ``lax.scan``, or with ``loop`` (``host_loop``) one jitted call each."""
+    dead_fraction is the share of code units zero on every sample, constant_fraction
+    the share that take one value on every sample (dead units among them). The
+    batches run as one ``lax.scan``, or with ``loop`` (``host_loop``) one jitted call
+    each."""
     model = Autoencoder(config)
 
     def batch_metrics(params, x):
         out = model.apply({"params": params}, x, train=False)
         terms = loss_terms(out, x, config)
         active = out.code != 0
-        return {**terms, "l0": jnp.mean(jnp.sum(active, axis=1))}, jnp.any(
-            active, axis=0
-        )
+        seen = (jnp.any(active, axis=0), out.code.min(axis=0), out.code.max(axis=0))
+        return {**terms, "l0": jnp.mean(jnp.sum(active, axis=1))}, seen
+
+    def merge(a, b):  # per unit: ever active, lowest value, highest value
+        return a[0] | b[0], jnp.minimum(a[1], b[1]), jnp.maximum(a[2], b[2])
 
     @jax.jit
     def scan_batches(params, batches):
-        def body(alive, x):
-            metrics, active = batch_metrics(params, x)
-            return alive | active, metrics
+        def body(seen, x):
+            metrics, batch_seen = batch_metrics(params, x)
+            return merge(seen, batch_seen), metrics
 
-        alive = jnp.zeros((config.code_dim,), bool)
-        return jax.lax.scan(body, alive, batches)
+        code_dim, dtype = config.code_dim, batches.dtype
+        nothing = (
+            jnp.zeros((code_dim,), bool),
+            jnp.full((code_dim,), jnp.inf, dtype),
+            jnp.full((code_dim,), -jnp.inf, dtype),
+        )
+        return jax.lax.scan(body, nothing, batches)
 
     one_batch = jax.jit(batch_metrics)
 
     def loop_batches(params, batches):
-        alive = jnp.zeros((config.code_dim,), bool)
-        rows = []
+        rows, seen = [], None
         for x in batches:
-            metrics, active = one_batch(params, x)
-            alive = alive | active
+            metrics, batch_seen = one_batch(params, x)
+            seen = batch_seen if seen is None else merge(seen, batch_seen)
             rows.append(metrics)
-        return alive, jax.tree.map(lambda *batch: jnp.stack(batch), *rows)
+        return seen, jax.tree.map(lambda *batch: jnp.stack(batch), *rows)
 
     def evaluate(params, data) -> dict[str, float]:
         n = data.shape[0]
         full = n // batch_size * batch_size
         sums: dict[str, float] = {}
-        alive = np.zeros(config.code_dim, bool)
+        seen = None
         if full:
             batches = data[:full].reshape(-1, batch_size, data.shape[1])
             run_batches = loop_batches if loop else scan_batches
-            alive_full, metrics = run_batches(params, batches)
-            alive |= np.asarray(alive_full)
+            seen, metrics = run_batches(params, batches)
             sums = {k: float(np.sum(v)) * batch_size for k, v in metrics.items()}
         if full < n:  # the remainder as one smaller batch (a second compiled shape)
-            metrics, active = one_batch(params, data[full:])
-            alive |= np.asarray(active)
+            metrics, batch_seen = one_batch(params, data[full:])
+            seen = batch_seen if seen is None else merge(seen, batch_seen)
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + float(v) * (n - full)
         out = {k: v / n for k, v in sums.items()}
-        out["dead_fraction"] = float(1 - alive.mean())
+        alive, lo, hi = (np.asarray(a) for a in seen)
+        out["dead_fraction"] = float(np.mean(~alive))
+        out["constant_fraction"] = float(np.mean(lo == hi))
         return out
 
     return evaluate

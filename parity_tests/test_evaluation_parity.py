@@ -1,14 +1,14 @@
 """The same checkpoint evaluated by jaxsae and by torchsae gives the same numbers.
 
 The metrics, the probe and the noise are saecommon's, so the packages can differ only
-through the codes and reconstructions their models compute. Tolerances:
-reconstruction and denoising metrics (mse, bce, psnr, noisy/denoised psnr) agree to
-rtol 1e-5 in float32 and 1e-12 in float64; L0, the dead fraction and every unit's
-activation frequency are exact (the codes' zero patterns must match: none of these
-cases has a near-tie at the top-k boundary or a pre-activation within rounding of 0);
-the probe accuracies are exact here (the probe is deterministic and strongly convex,
-so codes that agree to ~1e-7 move a prediction only for a point within ~1e-6 of a
-decision boundary; in general allow one test sample).
+through the codes and reconstructions their models compute. Tolerances: reconstruction
+and denoising metrics (mse, bce, psnr, noisy/denoised psnr) agree to rtol 1e-5 in
+float32 and 1e-12 in float64; L0, the dead and constant fractions and every unit's
+activation frequency are exact (the codes' zero patterns must match: none of these cases
+has a near-tie at the top-k boundary or a pre-activation within rounding of 0); the
+probe accuracies are exact here (the probe is deterministic and strongly convex, so
+codes that agree to ~1e-7 move a prediction only for a point within ~1e-6 of a decision
+boundary; in general allow one test sample).
 """
 
 import importlib.util
@@ -39,7 +39,7 @@ MODEL = SAEConfig(
     output_activation="sigmoid",
     topk=3,
 )
-EXACT = ("l0", "dead_fraction")
+EXACT = ("l0", "dead_fraction", "constant_fraction")
 PROBES = (
     "probe_accuracy",
     "probe_train_accuracy",

@@ -92,7 +92,7 @@ def test_evaluation_matches_with_a_remainder_batch():
     params = jaxsae.from_state_dict(sd, model.config)
     a = jt.make_evaluate(model.config, 32)(params, jnp.asarray(data))
     b = tt.evaluate(model, torch.from_numpy(data), 32)
-    assert a.keys() == b.keys() == {"recon", "penalty", "loss", "l0", "dead_fraction"}
+    assert a.keys() == b.keys()  # which keys: tests/test_training.py
     for k in a:
         assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-7), k
     # By hand: l0 is top-2 everywhere (relu codes here have > 2 positive units or ties)

@@ -24,7 +24,9 @@ Definitions (all over the whole test split):
 - ``l0``: mean over samples of the number of non-zero code units (exactly != 0, as the
   trainers count it). ``activation_frequency[j]``: the share of test samples on which
   unit j is non-zero. ``dead_fraction``: the share of units with frequency 0 (zero on
-  every test sample).
+  every test sample). ``constant_fraction``: the share of units that take one value on
+  every test sample, dead units among them (a dead inner layer leaves its code units
+  constant but not zero: they carry no information either).
 - The probe (:func:`fit_probe`): softmax regression on standardized features, zero
   init, L2 ``PROBE_L2`` on the weights (not the bias), L-BFGS for at most
   ``PROBE_MAX_ITER`` iterations; trained on the frozen codes (evaluation mode) of the
@@ -143,6 +145,13 @@ def l0(code) -> float:
 def dead_fraction(code) -> float:
     """The share of units of ``code`` [n, code] that are zero on every sample."""
     return float(np.mean(activation_frequency(code) == 0))
+
+
+def constant_fraction(code) -> float:
+    """The share of units of ``code`` [n, code] that take one value on every sample
+    (zero or not)."""
+    code = np.asarray(code)
+    return float(np.mean(np.all(code == code[:1], axis=0)))
 
 
 def _pair(a, b) -> tuple[np.ndarray, np.ndarray]:
@@ -501,7 +510,7 @@ class Evaluation:
     """What :func:`evaluate_with` measured."""
 
     metrics: dict[str, float]
-    """mse, bce, psnr, l0, dead_fraction; probe_accuracy, probe_train_accuracy,
+    """mse, bce, psnr, l0, dead_fraction, constant_fraction; probe_accuracy, probe_train_accuracy,
     pixel_probe_accuracy, pixel_probe_train_accuracy with the probe; noisy_psnr,
     denoised_psnr, denoised_mse with noise."""
     activation_frequency: np.ndarray
@@ -551,6 +560,7 @@ def evaluate_with(
     frequency = activation_frequency(test.code)
     metrics["l0"] = float(np.sum(frequency))
     metrics["dead_fraction"] = float(np.mean(frequency == 0))
+    metrics["constant_fraction"] = constant_fraction(test.code)
     info: dict[str, Any] = {
         "framework": framework,
         "n_test": len(data.test),
@@ -712,6 +722,7 @@ def format_report(evaluation: Evaluation, source: Source | None = None) -> str:
     m, info = evaluation.metrics, evaluation.info
     code_dim = info["code_dim"]
     dead_units = round(m["dead_fraction"] * code_dim)
+    constant_units = round(m["constant_fraction"] * code_dim)
     where = f" of {source.checkpoint}" if source and source.checkpoint else ""
     dataset = f" on {source.run.train.dataset}" if source else ""
     rows = [
@@ -720,6 +731,12 @@ def format_report(evaluation: Evaluation, source: Source | None = None) -> str:
         ("psnr", f"{m['psnr']:.3f} dB", "10 log10(1 / mse)"),
         ("l0", f"{m['l0']:.3f}", f"active units per sample, of {code_dim}"),
         ("dead fraction", f"{m['dead_fraction']:.4f}", f"{dead_units} of {code_dim}"),
+        (
+            "constant fraction",
+            f"{m['constant_fraction']:.4f}",
+            f"{constant_units} of {code_dim} take one value on every input "
+            "(dead ones included)",
+        ),
     ]
     if "noisy_psnr" in m:
         noise = Noise(**info["noise"]).describe()

@@ -50,7 +50,8 @@ class TrainingDiverged(RuntimeError):
 
 
 class DeadCodeWarning(RuntimeWarning):
-    """Every code unit is zero on every test sample: the code collapsed."""
+    """Every code unit takes one value on every test sample (zero, or a constant left
+    by a dead inner layer): the code collapsed and the decoder gives one picture."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -389,13 +390,20 @@ class RunRecorder:
         row.update(epoch_means(step_metrics, epoch))
         for split in self.eval_splits:
             row.update({f"{split}/{k}": v for k, v in evaluate(split).items()})
-        if row["test/dead_fraction"] == 1 and not self.warned_dead:
+        if row["test/constant_fraction"] == 1 and not self.warned_dead:
             self.warned_dead = True
+            how = (
+                "every code unit is zero on every test sample, so the decoder sees "
+                "no input"
+                if row["test/dead_fraction"] == 1
+                else "every code unit takes one value on every test sample (an inner "
+                "layer died), so the decoder gives one picture for every input"
+            )
             warnings.warn(
-                f"the code collapsed at epoch {epoch + 1}: every code unit is zero on "
-                "every test sample, so the decoder sees no input. A ReLU code under "
-                "an L1 penalty can die this way and does not recover; try a lower "
-                "penalty_weight or learning_rate, a leaky_relu code, or another seed",
+                f"the code collapsed at epoch {epoch + 1}: {how}. A ReLU network "
+                "under a penalty or a high learning_rate can die this way and does "
+                "not recover; try a lower penalty_weight or learning_rate, leaky_relu "
+                "activations, or another seed",
                 DeadCodeWarning,
                 stacklevel=2,
             )

@@ -22,8 +22,10 @@ import platform
 import sys
 import time
 
+import numpy as np
+
 from saecommon import reproduce, runs
-from saecommon.checkpoint import CheckpointError
+from saecommon.checkpoint import CheckpointError, read_checkpoint, write_checkpoint
 from saecommon.config import ConfigError
 from saecommon.data import DataError
 from saecommon.train_config import RunConfig
@@ -74,6 +76,44 @@ def machine(framework: str, device: str) -> str:
     return f"CPU, {os.cpu_count()} cores ({platform.machine()})"
 
 
+INIT = "init.safetensors"
+
+
+def shared_init(entry, run, out_dir):
+    """The initial weights both frameworks start from (None: each draws its own),
+    saved to ``out_dir/init.safetensors``; a run already in ``out_dir`` must have
+    started from them."""
+    if not entry.torch_init:
+        return None
+    try:
+        from torchsae.training import init_state_dict
+    except ImportError as err:
+        raise ConfigError(
+            f"{entry.name} starts from the initial weights torch draws with seed "
+            f"{run.train.seed}, so it needs torch installed ({err})"
+        ) from err
+    init = init_state_dict(run.model, run.train.seed)
+    path = os.path.join(out_dir, INIT)
+    if os.path.exists(path):
+        saved, _ = read_checkpoint(path)
+        if saved.keys() != init.keys() or any(
+            not np.array_equal(saved[k], init[k]) for k in init
+        ):
+            raise CheckpointError(
+                f"{path} holds other initial weights than torch's seed-"
+                f"{run.train.seed} draw; remove {out_dir} or give --out"
+            )
+    elif os.path.exists(os.path.join(out_dir, runs.TRAIN_STATE)):
+        raise CheckpointError(
+            f"{out_dir} holds a run without {INIT}, so not one from torch's seed-"
+            f"{run.train.seed} initial weights; remove it or give --out"
+        )
+    else:
+        os.makedirs(out_dir, exist_ok=True)
+        write_checkpoint(path, init, run.model)
+    return init
+
+
 def run_entry(entry, framework, args) -> dict:
     changes, notes = {}, []
     if entry.needs_fashion:
@@ -109,6 +149,7 @@ def run_entry(entry, framework, args) -> dict:
         len(runs.read_history(out_dir)) == run.train.epochs
     )
     data = runs.prepare_data(run)
+    init = shared_init(entry, run, out_dir)
     device = "cpu"
     if framework == "jax":
         from jaxsae.evaluation import evaluate_checkpoint
@@ -125,7 +166,7 @@ def run_entry(entry, framework, args) -> dict:
 
     if not finished:
         print(f"{entry.name}: training with {framework} in {out_dir}", flush=True)
-        train(run, out_dir, resume=resume, data=data, progress=progress)
+        train(run, out_dir, resume=resume, data=data, progress=progress, init=init)
     history = runs.read_history(out_dir)
     with open(os.path.join(out_dir, runs.SUMMARY)) as f:
         train_seconds = json.load(f)["train_seconds"]

@@ -184,6 +184,9 @@ def test_sparsity_on_a_hand_built_code():
     np.testing.assert_array_equal(ev.activation_frequency(code), [0, 2 / 3, 0, 2 / 3])
     assert ev.l0(code) == pytest.approx(4 / 3)  # (2 + 1 + 1) / 3 samples
     assert ev.dead_fraction(code) == 0.5  # units 0 and 2
+    assert ev.constant_fraction(code) == 0.5  # the same two: units 1 and 3 vary
+    code[:, 3] = 7.0  # on for every sample, always the same: constant, not dead
+    assert ev.dead_fraction(code) == 0.5 and ev.constant_fraction(code) == 0.75
     with pytest.raises(ValueError, match="code must be"):
         ev.activation_frequency(np.zeros(4))
 
@@ -299,6 +302,7 @@ def test_evaluate_model_matches_the_forward_pass(framework):
     assert result.info["bce_from"] == "logits"
     assert m["l0"] == ev.l0(code) and 0 < m["l0"] <= 3  # top-3 of relu codes
     assert m["dead_fraction"] == ev.dead_fraction(code)
+    assert m["constant_fraction"] == ev.constant_fraction(code)
     np.testing.assert_array_equal(
         result.activation_frequency, ev.activation_frequency(code)
     )
@@ -357,8 +361,9 @@ def test_the_report_of_a_2d_code(tmp_path):
     assert report["checkpoint"] is None and report["code_dim"] == 2
     assert result.metrics["l0"] == 2.0 and result.metrics["dead_fraction"] == 0.0
     table = ev.format_report(result, source)
-    assert f"mse            {result.metrics['mse']:.6f}" in table
-    assert "l0                2.000  active units per sample, of 2" in table
+    assert f"mse                {result.metrics['mse']:.6f}" in table
+    assert "l0                    2.000  active units per sample, of 2" in table
+    assert "constant fraction    0.0000  0 of 2 take one value on every input" in table
 
 
 # --------------------------------------------------------------------------- errors
@@ -427,6 +432,7 @@ def test_evaluate_command_on_a_run_directory(run_dir, tmp_path, capsys):
     assert m["mse"] == pytest.approx(final["test/recon"], rel=1e-5)  # the trainer's
     assert m["l0"] == pytest.approx(final["test/l0"], rel=1e-6)
     assert m["dead_fraction"] == final["test/dead_fraction"]
+    assert m["constant_fraction"] == final["test/constant_fraction"]
     assert m["psnr"] == pytest.approx(-10 * math.log10(m["mse"]))
     assert m["pixel_probe_accuracy"] == 1.0
     assert 0 <= m["probe_accuracy"] <= 1

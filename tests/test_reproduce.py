@@ -9,9 +9,13 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from test_data import write_idx
 
 from saecommon import reproduce
+from saecommon.config import SAEConfig
+from saecommon.data import IDX_FILES
 from saecommon.runs import PreparedData
+from saecommon.train_config import RunConfig, TrainConfig
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -214,3 +218,68 @@ def test_reproduce_command_trains_once_then_reuses(tmp_path, capsys):
     assert 0.8 < stored["measured"]["pixel_probe_accuracy"] < 0.95
     assert command.main(argv) == 0  # finished: evaluated again, not retrained
     assert "training with" not in capsys.readouterr().out
+
+
+def test_a_torch_init_entry_starts_both_frameworks_from_torchs_draw(
+    tmp_path, monkeypatch, capsys
+):
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import reproduce as command
+
+    import jaxsae.training
+    import torchsae.training
+    from saecommon.checkpoint import read_checkpoint, write_checkpoint
+
+    rng = np.random.default_rng(0)
+    tiny = tmp_path / "tiny"
+    tiny.mkdir()
+    for field, name in IDX_FILES.items():  # 300 train and 100 test images of noise
+        n = 300 if "train" in field else 100
+        shape = (n, 28, 28) if "images" in field else (n,)
+        write_idx(tiny / name, rng.integers(0, 256 if "images" in field else 10, shape))
+    run = RunConfig(
+        SAEConfig(hidden_dims=(16,), code_activation="sigmoid"),
+        TrainConfig(dataset=str(tiny), epochs=1, batch_size=100, seed=7),
+    )
+    entry = reproduce.Entry("tiny", run, "a test", {}, ("mse",), torch_init=True)
+    monkeypatch.setitem(reproduce.ENTRIES, "tiny", entry)
+    seen = {}
+    for module, name in ((jaxsae.training, "jax"), (torchsae.training, "torch")):
+
+        def spy(*args, _train=module.train, _name=name, **kwargs):
+            seen[_name] = kwargs["init"]
+            return _train(*args, **kwargs)
+
+        monkeypatch.setattr(module, "train", spy)
+    out, results = tmp_path / "runs", tmp_path / "results"
+    argv = ["tiny", "--out", str(out), "--results", str(results), "--quiet"]
+
+    assert command.main(argv) == 0
+    torch_draw = torchsae.training.init_state_dict(run.model, 7)
+    assert set(seen) == {"jax", "torch"}
+    for framework in ("jax", "torch"):
+        saved, config = read_checkpoint(out / f"tiny-{framework}" / "init.safetensors")
+        assert config == run.model and saved.keys() == torch_draw.keys()
+        for key, value in torch_draw.items():
+            np.testing.assert_array_equal(seen[framework][key], value)
+            np.testing.assert_array_equal(saved[key], value)
+    # torch from torch's draw is the run torch trains without one, bit for bit
+    torchsae.training.train(run, tmp_path / "alone", progress=False, init=None)
+    alone = read_checkpoint(tmp_path / "alone" / "model.safetensors")[0]
+    ours = read_checkpoint(out / "tiny-torch" / "model.safetensors")[0]
+    for key, value in ours.items():
+        np.testing.assert_array_equal(value, alone[key])
+
+    seen.clear()
+    assert command.main(argv) == 0  # finished from the same init: evaluated only
+    assert seen == {}
+    capsys.readouterr()
+    other = {k: v + 1 for k, v in torch_draw.items()}
+    write_checkpoint(out / "tiny-jax" / "init.safetensors", other, run.model)
+    assert command.main(argv) == 2
+    assert "holds other initial weights than torch's seed-7 draw" in (
+        capsys.readouterr().err
+    )
+    (out / "tiny-jax" / "init.safetensors").unlink()
+    assert command.main(argv + ["--framework", "jax"]) == 2
+    assert "holds a run without init.safetensors" in capsys.readouterr().err

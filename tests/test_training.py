@@ -57,7 +57,17 @@ def test_a_run_leaves_its_files_and_metrics(framework, tmp_path):
         "lr",
         "seconds",
         *(f"train/{k}" for k in ("recon", "penalty", "loss", "l0")),
-        *(f"test/{k}" for k in ("recon", "penalty", "loss", "l0", "dead_fraction")),
+        *(
+            f"test/{k}"
+            for k in (
+                "recon",
+                "penalty",
+                "loss",
+                "l0",
+                "dead_fraction",
+                "constant_fraction",
+            )
+        ),
     }
     assert set(history[0]) == keys
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
@@ -67,7 +77,7 @@ def test_a_run_leaves_its_files_and_metrics(framework, tmp_path):
             row["train/recon"] + row["train/penalty"]
         )
         assert 0 < row["train/l0"] <= 3  # top-3 per sample, then lifetime
-        assert 0 <= row["test/dead_fraction"] <= 1
+        assert 0 <= row["test/dead_fraction"] <= row["test/constant_fraction"] <= 1
     assert history[-1]["train/loss"] < history[0]["train/loss"]
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["epochs"] == 3
@@ -366,7 +376,60 @@ def test_a_collapsed_code_is_reported(framework, tmp_path):
             init=init,
         )
     assert len(caught) == 1 and history[-1]["test/dead_fraction"] == 1.0
+    assert history[-1]["test/constant_fraction"] == 1.0
     assert history[-1]["train/l0"] == 0.0
+
+
+def test_a_code_left_constant_by_a_dead_inner_layer_is_reported(framework, tmp_path):
+    """A dead hidden layer leaves the code one non-zero vector for every input (what
+    stalled jaxsae's seed-42 ivlabs-l1 run): reported as a collapse too."""
+    from jaxsae.training import init_state_dict
+
+    model = MODEL.replace(activation="relu", topk=None, lifetime_rate=None)
+    init = init_state_dict(model, 0)
+    init["encoder.0.bias"] = np.full_like(init["encoder.0.bias"], -100.0)
+    init["encoder.1.bias"] = np.full_like(init["encoder.1.bias"], 1.0)
+    with pytest.warns(runs.DeadCodeWarning, match="an inner layer died") as caught:
+        history = trainer(framework)(
+            RunConfig(model, run_config(epochs=2).train),
+            tmp_path,
+            data=synthetic_data(),
+            progress=False,
+            init=init,
+        )
+    assert len(caught) == 1
+    assert [r["test/constant_fraction"] for r in history] == [1.0, 1.0]
+    assert [r["test/dead_fraction"] for r in history] == [0.0, 0.0]
+    assert history[-1]["test/l0"] == 6.0  # all six units on, the same for every input
+
+
+def test_evaluation_counts_dead_and_constant_units_by_hand(framework):
+    """Units 0 and 1 ignore the input (zero weights) with biases -1 and 0.5: after the
+    ReLU one is always 0 (dead), one always 0.5 (constant); the other four vary."""
+    from jaxsae.training import init_state_dict
+
+    model = MODEL.replace(hidden_dims=(6,), topk=None, lifetime_rate=None)
+    sd = {k: np.array(v) for k, v in init_state_dict(model, 1).items()}
+    sd["encoder.0.weight"][:2] = 0.0
+    sd["encoder.0.bias"][:2] = [-1.0, 0.5]
+    data = synthetic_data().test[:70]  # two batches of 32 and a remainder of 6
+    if framework == "jax":
+        import jaxsae
+        from jaxsae.training import make_evaluate
+
+        metrics = make_evaluate(model, 32)(jaxsae.from_state_dict(sd, model), data)
+        looped = make_evaluate(model, 32, loop=True)(
+            jaxsae.from_state_dict(sd, model), data
+        )
+        assert looped == pytest.approx(metrics, rel=1e-6)
+    else:
+        import torchsae
+        from torchsae.training import evaluate
+
+        model_ = torchsae.from_state_dict(sd, model)
+        metrics = evaluate(model_, torch.from_numpy(data), 32)
+    assert metrics["dead_fraction"] == 1 / 6
+    assert metrics["constant_fraction"] == 2 / 6
 
 
 def test_the_host_loop_computes_what_the_scan_does():

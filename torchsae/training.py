@@ -141,11 +141,14 @@ def evaluate(
     """Metrics over every sample, in evaluation mode (no lifetime top-k, no noise), as in
     jaxsae: recon, penalty, loss, l0 averaged over samples (penalties per batch of
     ``batch_size``, weighted by its size); dead_fraction = share of code units that are
-    zero on every sample."""
+    zero on every sample, constant_fraction = share that take one value on every
+    sample (dead units among them)."""
     config = model.config
     n = data.shape[0]
     sums = torch.zeros(len(METRIC_KEYS), dtype=torch.float64, device=data.device)
     alive = torch.zeros(config.code_dim, dtype=torch.bool, device=data.device)
+    lo = torch.full((config.code_dim,), torch.inf, device=data.device)
+    hi = torch.full((config.code_dim,), -torch.inf, device=data.device)
     for start in range(0, n, batch_size):
         x = data[start : start + batch_size]
         out = model(x, train=False)
@@ -155,8 +158,11 @@ def evaluate(
         row = torch.stack([terms["recon"], terms["penalty"], terms["loss"], l0])
         sums += row.double() * x.shape[0]
         alive |= active.any(dim=0)
+        lo = torch.minimum(lo, out.code.amin(dim=0))
+        hi = torch.maximum(hi, out.code.amax(dim=0))
     out = {k: float(v) / n for k, v in zip(METRIC_KEYS, sums.cpu().tolist())}
-    out["dead_fraction"] = float(1 - alive.double().mean())
+    out["dead_fraction"] = float((~alive).double().mean())
+    out["constant_fraction"] = float((lo == hi).double().mean())
     return out
 
 
