@@ -25,7 +25,7 @@ from jaxsae.models import Autoencoder
 from saecommon import runs
 from saecommon.checkpoint import CheckpointError, check_frozen
 from saecommon.config import SAEConfig
-from saecommon.train_config import RunConfig, TrainConfig
+from saecommon.train_config import RunConfig, TrainConfig, epoch_order
 
 FRAMEWORK = "jax"
 
@@ -137,28 +137,27 @@ def host_loop(config: SAEConfig) -> bool:
 def make_train_epoch(
     train_step: Callable, batch_size: int, shuffle: bool = True, loop: bool = False
 ) -> Callable:
-    """``epoch(state, data [n, input], key) -> (state, per-step metrics [steps])``,
-    jitted with the state donated: one shuffle (or the data in order), then
-    ``n // batch_size`` minibatches gathered on the device, as one ``lax.scan`` (no
-    host round trip per step) or, with ``loop`` (``host_loop``), one jitted call per
-    step."""
+    """``epoch(state, data [n, input], key, order=None) -> (state, per-step metrics
+    [steps])``, jitted with the state donated: one shuffle (``order`` [n] if given,
+    else drawn from ``key``; or the data in order), then ``n // batch_size``
+    minibatches gathered on the device, as one ``lax.scan`` (no host round trip per
+    step) or, with ``loop`` (``host_loop``), one jitted call per step."""
 
-    def plan(data: jax.Array, key: jax.Array):
+    def plan(data: jax.Array, key: jax.Array, order: jax.Array | None):
         steps = data.shape[0] // batch_size
         perm_key, noise_key = jax.random.split(key)
-        if shuffle:
-            order = jax.random.permutation(perm_key, data.shape[0])
-        else:
-            order = jnp.arange(data.shape[0])
+        if order is None:  # else numpy drew it (saecommon.train_config.epoch_order)
+            n = data.shape[0]
+            order = jax.random.permutation(perm_key, n) if shuffle else jnp.arange(n)
         order = order[: steps * batch_size].reshape(steps, batch_size)
         return order, jax.random.split(noise_key, steps)
 
     def one_step(state: TrainState, data: jax.Array, indices, step_key):
         return train_step(state, data[indices], step_key)
 
-    def train_epoch(state: TrainState, data: jax.Array, key: jax.Array):
+    def train_epoch(state: TrainState, data: jax.Array, key: jax.Array, order=None):
         return jax.lax.scan(
-            lambda state, xs: one_step(state, data, *xs), state, plan(data, key)
+            lambda state, xs: one_step(state, data, *xs), state, plan(data, key, order)
         )
 
     if not loop:
@@ -167,10 +166,12 @@ def make_train_epoch(
     plan_jit = jax.jit(plan)
     step_jit = jax.jit(one_step, donate_argnums=0)
 
-    def train_epoch_looped(state: TrainState, data: jax.Array, key: jax.Array):
-        order, keys = plan_jit(data, key)
+    def train_epoch_looped(
+        state: TrainState, data: jax.Array, key: jax.Array, order=None
+    ):
+        batches, keys = plan_jit(data, key, order)
         metrics = []
-        for indices, step_key in zip(order, keys):
+        for indices, step_key in zip(batches, keys):
             state, step_metrics = step_jit(state, data, indices, step_key)
             metrics.append(step_metrics)
         return state, jax.tree.map(lambda *steps: jnp.stack(steps), *metrics)
@@ -328,8 +329,12 @@ def train(
             recorder.begin_epoch()
             hyper = state.opt_state.hyperparams
             lr = float(hyper["learning_rate"])
+            order = epoch_order(tcfg, epoch, train_x.shape[0])
             state, step_metrics = train_epoch(
-                state, train_x, jax.random.fold_in(train_key, epoch)
+                state,
+                train_x,
+                jax.random.fold_in(train_key, epoch),
+                None if order is None else jnp.asarray(order, jnp.int32),
             )
             row = recorder.row(
                 epoch,

@@ -2,6 +2,8 @@
 the same batches, each optimizer ends at the same weights; evaluation gives the same
 metrics."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -97,3 +99,33 @@ def test_evaluation_matches_with_a_remainder_batch():
         assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-7), k
     # By hand: l0 is top-2 everywhere (relu codes here have > 2 positive units or ties)
     assert a["l0"] <= 2
+
+
+def test_a_numpy_shuffle_gives_both_packages_the_same_run(tmp_path):
+    """shuffle_source "numpy": both packages visit epoch e in the order
+    ``epoch_order`` draws, so two epochs from one init end at the same weights; the
+    order is not the data's own (an in-order run ends elsewhere)."""
+    from conftest import synthetic_data
+    from saecommon.checkpoint import read_checkpoint
+    from saecommon.train_config import RunConfig
+
+    model = CONFIG.replace(input_dim=16, tied=False)
+    init = tt.init_state_dict(model, 0)
+    data = synthetic_data()
+    tcfg = TrainConfig(epochs=2, batch_size=32, eval_batch_size=32, seed=5)
+    ends = {}
+    for name, train, shuffle in (
+        ("jax", jt.train, dict(shuffle_source="numpy")),
+        ("torch", tt.train, dict(shuffle_source="numpy")),
+        ("in order", tt.train, dict(shuffle=False)),
+    ):
+        run = RunConfig(model, dataclasses.replace(tcfg, **shuffle))
+        history = train(run, tmp_path / name, data=data, progress=False, init=init)
+        ends[name] = read_checkpoint(tmp_path / name / "model.safetensors")[0], history
+    (jax_sd, jax_h), (torch_sd, torch_h) = ends["jax"], ends["torch"]
+    for k in init:
+        np.testing.assert_allclose(jax_sd[k], torch_sd[k], rtol=1e-5, atol=5e-6)
+    for a, b in zip(jax_h, torch_h):
+        assert a["train/loss"] == pytest.approx(b["train/loss"], rel=1e-5)
+    in_order = ends["in order"][0]
+    assert max(np.abs(in_order[k] - torch_sd[k]).max() for k in init) > 1e-3

@@ -10,6 +10,8 @@ import dataclasses
 import json
 import math
 
+import numpy as np
+
 from saecommon.config import (
     ConfigError,
     SAEConfig,
@@ -22,6 +24,7 @@ from saecommon.config import (
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine", "plateau")
 NOISES = ("none", "gaussian", "masking")
+SHUFFLE_SOURCES = ("framework", "numpy")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +72,10 @@ class TrainConfig:
     shuffle: bool = True
     """Reshuffle the training set every epoch. False visits it in order (with no noise,
     both packages then see the same batches: the cross-framework training tests)."""
+    shuffle_source: str = "framework"
+    """Who draws each epoch's order: "framework" (JAX's or torch's PRNG, on the device)
+    or "numpy" (``epoch_order``: the same order in both packages, so runs of jaxsae
+    and torchsae from one init see the same batches; noise stays the framework's)."""
     layerwise_epochs: tuple[int, ...] = ()
     """Greedy layer-wise pretraining (mlp): epochs for each stage, one per encoder
     layer, outermost first; ``epochs`` then fine-tunes the whole model. Empty: none.
@@ -102,6 +109,7 @@ class TrainConfig:
             )
         check_int("plateau_patience", self.plateau_patience, minimum=0)
         check_choice("noise", self.noise, NOISES)
+        check_choice("shuffle_source", self.shuffle_source, SHUFFLE_SOURCES)
         if self.noise_std < 0:
             raise ConfigError(f"noise_std must be >= 0, got {self.noise_std}")
         check_float("mask_fraction", self.mask_fraction)
@@ -124,6 +132,11 @@ class TrainConfig:
                 raise ConfigError(
                     f"{name} must be true or false, got {getattr(self, name)!r}"
                 )
+        if self.shuffle_source == "numpy" and not self.shuffle:
+            raise ConfigError(
+                "shuffle_source numpy draws a shuffle, but shuffle is false (the "
+                "data would be visited in order)"
+            )
         if not isinstance(self.layerwise_epochs, list | tuple):
             raise ConfigError(
                 "layerwise_epochs must be a list of epochs per stage, got "
@@ -245,6 +258,16 @@ PRESETS: dict[str, RunConfig] = {
         ),
     ),
 }
+
+
+def epoch_order(train: TrainConfig, epoch: int, n: int) -> np.ndarray | None:
+    """The order in which epoch ``epoch`` visits ``n`` training samples when numpy draws
+    it (``shuffle_source`` "numpy"): ``default_rng([seed, epoch]).permutation(n)``, the
+    same in both packages and on resume. None when the framework draws the order (or
+    the data is visited in order)."""
+    if train.shuffle_source != "numpy":
+        return None
+    return np.random.default_rng([train.seed, epoch]).permutation(n)
 
 
 def cosine_lr(base: float, step: int, total_steps: int) -> float:

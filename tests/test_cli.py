@@ -5,11 +5,18 @@ import pathlib
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from saecommon.cli import build_parser, run_config_from_args
 from saecommon.config import ConfigError
-from saecommon.train_config import PRESETS, RunConfig, train_step_flops
+from saecommon.train_config import (
+    PRESETS,
+    RunConfig,
+    TrainConfig,
+    epoch_order,
+    train_step_flops,
+)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -247,3 +254,18 @@ def test_tied_then_untied_from_the_command_line(tmp_path):
         timeout=300,
     )
     assert wrong.returncode == 2 and "mis-shaped keys: encoder.0.weight" in wrong.stderr
+
+
+def test_a_numpy_shuffle_is_drawn_once_per_seed_and_epoch():
+    run = parse("--shuffle-source", "numpy", "--seed", "4")
+    assert run.train.shuffle_source == "numpy"
+    first = epoch_order(run.train, 0, 10)
+    np.testing.assert_array_equal(first, np.random.default_rng([4, 0]).permutation(10))
+    assert sorted(first) == list(range(10))
+    np.testing.assert_array_equal(epoch_order(run.train, 0, 10), first)  # on resume
+    assert not np.array_equal(epoch_order(run.train, 1, 10), first)
+    assert epoch_order(TrainConfig(), 0, 10) is None  # the framework draws it
+    with pytest.raises(ConfigError, match="unknown shuffle_source 'torch'"):
+        TrainConfig(shuffle_source="torch")
+    with pytest.raises(ConfigError, match="shuffle_source numpy draws a shuffle"):
+        TrainConfig(shuffle_source="numpy", shuffle=False)

@@ -434,7 +434,8 @@ def test_evaluation_counts_dead_and_constant_units_by_hand(framework):
 
 def test_the_host_loop_computes_what_the_scan_does():
     """Conv models on the CPU loop over steps on the host (jaxsae.training.host_loop);
-    the loop draws the scan's shuffle and keys and gives the same epoch."""
+    the loop draws the scan's shuffle and keys, or takes the order numpy drew, and
+    gives the same epoch."""
     import jax.numpy as jnp
 
     from jaxsae import training as jt
@@ -444,22 +445,27 @@ def test_the_host_loop_computes_what_the_scan_does():
     params = jt.init_params(MODEL, jax.random.key(0))
     step = jt.make_train_step(MODEL, tcfg, opt)
     data = jnp.asarray(synthetic_data().train)
-    results = []
+    numpy_order = jnp.asarray(np.random.default_rng(0).permutation(len(data)), "int32")
+    results = {}
     for loop in (False, True):
-        fresh = jax.tree.map(jnp.copy, params)  # an epoch donates its state
-        state = jt.TrainState(fresh, opt.init(fresh), jnp.zeros((), jnp.int32))
-        epoch = jt.make_train_epoch(step, 32, loop=loop)
-        state, metrics = epoch(state, data, jax.random.key(7))
-        evaluated = jt.make_evaluate(MODEL, 30, loop=loop)(state.params, data[:70])
-        results.append((state, metrics, evaluated))
-    (a, ma, ea), (b, mb, eb) = results
-    assert int(a.step) == int(b.step) == 10 and mb["loss"].shape == (10,)
-    np.testing.assert_allclose(ma["loss"], mb["loss"], rtol=1e-6)
-    for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
-        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7)
-    assert ea.keys() == eb.keys()
-    for k in ea:
-        assert ea[k] == pytest.approx(eb[k], rel=1e-6), k
+        for order in (None, numpy_order):
+            fresh = jax.tree.map(jnp.copy, params)  # an epoch donates its state
+            state = jt.TrainState(fresh, opt.init(fresh), jnp.zeros((), jnp.int32))
+            epoch = jt.make_train_epoch(step, 32, loop=loop)
+            state, metrics = epoch(state, data, jax.random.key(7), order)
+            evaluated = jt.make_evaluate(MODEL, 30, loop=loop)(state.params, data[:70])
+            results[loop, order is None] = (state, metrics, evaluated)
+    for own_order in (True, False):
+        (a, ma, ea), (b, mb, eb) = results[False, own_order], results[True, own_order]
+        assert int(a.step) == int(b.step) == 10 and mb["loss"].shape == (10,)
+        np.testing.assert_allclose(ma["loss"], mb["loss"], rtol=1e-6)
+        for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
+            np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7)
+        assert ea.keys() == eb.keys()
+        for k in ea:
+            assert ea[k] == pytest.approx(eb[k], rel=1e-6), k
+    own, given = results[False, True][1]["loss"], results[False, False][1]["loss"]
+    assert np.abs(own - given).max() > 1e-3  # the order given is the order used
     assert jt.host_loop(SAEConfig(architecture="fullconv")) == (
         jax.default_backend() == "cpu"
     )

@@ -21,7 +21,7 @@ import torch
 from saecommon import runs
 from saecommon.checkpoint import CheckpointError, check_frozen, check_state_dict
 from saecommon.config import SAEConfig
-from saecommon.train_config import RunConfig, TrainConfig, cosine_lr
+from saecommon.train_config import RunConfig, TrainConfig, cosine_lr, epoch_order
 from torchsae.checkpoint import save_checkpoint, to_state_dict
 from torchsae.losses import loss_terms
 from torchsae.models import Autoencoder
@@ -118,11 +118,14 @@ def train_epoch(
     generator,
     first_step: int = 0,
     shuffle: bool = True,
+    order: np.ndarray | None = None,
 ) -> dict:
-    """One shuffled pass (or one in order); returns per-step metrics as numpy arrays
-    [steps]."""
+    """One shuffled pass (``order`` [n] if given, else drawn from ``generator``; or
+    the data in order); returns per-step metrics as numpy arrays [steps]."""
     steps = data.shape[0] // batch_size
-    if shuffle:
+    if order is not None:  # drawn by numpy (saecommon.train_config.epoch_order)
+        order = torch.from_numpy(order).to(data.device)
+    elif shuffle:
         order = torch.randperm(data.shape[0], generator=generator, device=data.device)
     else:
         order = torch.arange(data.shape[0], device=data.device)
@@ -271,6 +274,7 @@ def train(
                 generator,
                 first_step,
                 tcfg.shuffle,
+                epoch_order(tcfg, epoch, train_x.shape[0]),
             )
             model.eval()
             row = recorder.row(
