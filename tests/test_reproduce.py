@@ -38,6 +38,10 @@ def test_entries_hold_the_published_setups():
         "adam",
         False,
     )
+    for name in ("ivlabs-l1", "ivlabs-kl"):  # one init for both frameworks
+        entry = reproduce.ENTRIES[name]
+        assert entry.torch_init and entry.run.train.shuffle_source == "framework"
+    assert not reproduce.ENTRIES["mnist-topk"].torch_init
     kl = reproduce.ENTRIES["ivlabs-kl"].run.model
     assert (kl.penalty, kl.penalty_weight, kl.kl_rho, kl.code_activation) == (
         "kl",
