@@ -196,7 +196,14 @@ def make_evaluate(config: SAEConfig, batch_size: int, loop: bool = False) -> Cal
         seen = (jnp.any(active, axis=0), out.code.min(axis=0), out.code.max(axis=0))
         return {**terms, "l0": jnp.mean(jnp.sum(active, axis=1))}, seen
 
-    def merge(a, b):  # per unit: ever active, lowest value, highest value
+    def nothing(dtype):  # per unit: ever active, lowest value, highest value
+        return (
+            jnp.zeros((config.code_dim,), bool),
+            jnp.full((config.code_dim,), jnp.inf, dtype),
+            jnp.full((config.code_dim,), -jnp.inf, dtype),
+        )
+
+    def merge(a, b):
         return a[0] | b[0], jnp.minimum(a[1], b[1]), jnp.maximum(a[2], b[2])
 
     @jax.jit
@@ -205,21 +212,15 @@ def make_evaluate(config: SAEConfig, batch_size: int, loop: bool = False) -> Cal
             metrics, batch_seen = batch_metrics(params, x)
             return merge(seen, batch_seen), metrics
 
-        code_dim, dtype = config.code_dim, batches.dtype
-        nothing = (
-            jnp.zeros((code_dim,), bool),
-            jnp.full((code_dim,), jnp.inf, dtype),
-            jnp.full((code_dim,), -jnp.inf, dtype),
-        )
-        return jax.lax.scan(body, nothing, batches)
+        return jax.lax.scan(body, nothing(batches.dtype), batches)
 
     one_batch = jax.jit(batch_metrics)
 
     def loop_batches(params, batches):
-        rows, seen = [], None
+        rows, seen = [], nothing(batches.dtype)
         for x in batches:
             metrics, batch_seen = one_batch(params, x)
-            seen = batch_seen if seen is None else merge(seen, batch_seen)
+            seen = merge(seen, batch_seen)
             rows.append(metrics)
         return seen, jax.tree.map(lambda *batch: jnp.stack(batch), *rows)
 
@@ -227,7 +228,7 @@ def make_evaluate(config: SAEConfig, batch_size: int, loop: bool = False) -> Cal
         n = data.shape[0]
         full = n // batch_size * batch_size
         sums: dict[str, float] = {}
-        seen = None
+        seen = nothing(data.dtype)
         if full:
             batches = data[:full].reshape(-1, batch_size, data.shape[1])
             run_batches = loop_batches if loop else scan_batches
@@ -235,7 +236,7 @@ def make_evaluate(config: SAEConfig, batch_size: int, loop: bool = False) -> Cal
             sums = {k: float(np.sum(v)) * batch_size for k, v in metrics.items()}
         if full < n:  # the remainder as one smaller batch (a second compiled shape)
             metrics, batch_seen = one_batch(params, data[full:])
-            seen = batch_seen if seen is None else merge(seen, batch_seen)
+            seen = merge(seen, batch_seen)
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + float(v) * (n - full)
         out = {k: v / n for k, v in sums.items()}

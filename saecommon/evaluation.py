@@ -510,9 +510,9 @@ class Evaluation:
     """What :func:`evaluate_with` measured."""
 
     metrics: dict[str, float]
-    """mse, bce, psnr, l0, dead_fraction, constant_fraction; probe_accuracy, probe_train_accuracy,
-    pixel_probe_accuracy, pixel_probe_train_accuracy with the probe; noisy_psnr,
-    denoised_psnr, denoised_mse with noise."""
+    """mse, bce, psnr, l0, dead_fraction, constant_fraction; probe_accuracy,
+    probe_train_accuracy, pixel_probe_accuracy, pixel_probe_train_accuracy with the
+    probe; noisy_psnr, denoised_psnr, denoised_mse with noise."""
     activation_frequency: np.ndarray
     """[code] share of test samples on which each unit is active."""
     info: dict[str, Any]
