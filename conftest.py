@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from saecommon.runs import PreparedData
+from saecommon import frameworks
+from saecommon.data import PreparedData
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,12 +74,12 @@ def _torch_forward(state_dict, config, x, train=False):
 
 
 def _framework(name: str) -> Framework:
+    """The test adapter of ``name``'s package (picked by saecommon.frameworks)."""
+    pkg = frameworks.load(name, "cpu").package
     if name == "jax":
-        import jaxsae
-
         return Framework(
             "jax",
-            jaxsae,
+            pkg,
             jax.numpy.asarray,
             np.asarray,
             _jax_grad,
@@ -86,11 +87,9 @@ def _framework(name: str) -> Framework:
             _jax_init,
             _jax_forward,
         )
-    import torchsae
-
     return Framework(
         "torch",
-        torchsae,
+        pkg,
         lambda a: torch.from_numpy(np.array(a)),
         lambda t: t.detach().cpu().numpy(),
         _torch_grad,
@@ -100,7 +99,7 @@ def _framework(name: str) -> Framework:
     )
 
 
-@pytest.fixture(params=["jax", "torch"])
+@pytest.fixture(params=frameworks.FRAMEWORKS)
 def fw(request) -> Framework:
     """Each test that takes ``fw`` runs once against jaxsae and once against torchsae."""
     with _framework(request.param).x64():

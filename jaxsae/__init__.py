@@ -14,13 +14,13 @@ from jaxsae.models import (
     AutoencoderOutput,
     activate,
     check_input,
-    sparsity_mask,
 )
 from jaxsae.penalties import kl_divergence, kl_penalty, l1_penalty, sparsity_penalty
 from jaxsae.sparsity import (
     apply_mask,
     lifetime_topk,
     lifetime_topk_mask,
+    sparsity_mask,
     topk,
     topk_mask,
 )

@@ -1,6 +1,7 @@
 """Evaluation of a jaxsae model: the forward pass over a dataset in evaluation mode.
 
-Everything else (metrics, probe, noise, report) is saecommon.evaluation's, shared with
+Everything else (what is measured, the formulas, the probe, the noise, the report)
+is saecommon's (evaluation.py and the modules it names), shared with
 torchsae.evaluation, which has the same public names.
 """
 
@@ -17,15 +18,17 @@ import numpy as np
 
 from jaxsae.checkpoint import from_state_dict
 from jaxsae.models import Autoencoder
-from saecommon import evaluation, runs
+from saecommon import evaluation
 from saecommon.config import SAEConfig, check_int
-from saecommon.evaluation import Encoded, Evaluation, Noise
+from saecommon.data import PreparedData
+from saecommon.evaluation import Encoded, Evaluation, Source
+from saecommon.noise import NOISE_SEED, Noise
 
 FRAMEWORK = "jax"
 
 
 @functools.lru_cache(maxsize=16)
-def _forward(config: SAEConfig):
+def _jitted_forward(config: SAEConfig):
     """One jitted evaluation-mode forward per config, reused by every call of
     ``encode`` (a fresh closure would compile again)."""
     model = Autoencoder(config)
@@ -56,7 +59,7 @@ def encode(
     n = len(x)
     if n == 0:
         raise ValueError(f"encode needs at least one sample, got x of shape {x.shape}")
-    forward = _forward(config)
+    forward = _jitted_forward(config)
     parts = []
     for start in range(0, n, batch_size):
         batch = x[start : start + batch_size]
@@ -74,7 +77,7 @@ def encode(
 def evaluate_model(
     params,
     config: SAEConfig,
-    data: runs.PreparedData,
+    data: PreparedData,
     *,
     probe: bool = True,
     noise: Noise | None = None,
@@ -103,10 +106,10 @@ def evaluate_checkpoint(
     *,
     overrides: Mapping[str, Any] | None = None,
     probe: bool = True,
-    noise_seed: int = evaluation.NOISE_SEED,
+    noise_seed: int = NOISE_SEED,
     batch_size: int | None = None,
     progress: bool = True,
-) -> tuple[Evaluation, evaluation.Source, str]:
+) -> tuple[Evaluation, Source, str]:
     """Evaluate a run directory or checkpoint file on its run's data (with its run's
     noise if it is a denoising run) and write metrics.json and the pictures to
     ``out_dir`` (default: eval-jax beside the checkpoint); ``overrides`` replace

@@ -10,7 +10,8 @@ from collections.abc import Mapping
 import numpy as np
 
 from jaxsae.training import init_state_dict, train
-from saecommon import layerwise, runs
+from saecommon import layerwise
+from saecommon.data import PreparedData
 from saecommon.train_config import RunConfig
 
 
@@ -19,7 +20,7 @@ def pretrain(
     out_dir: str | os.PathLike,
     *,
     resume: bool = False,
-    data: runs.PreparedData | None = None,
+    data: PreparedData | None = None,
     progress: bool = True,
     init: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, list[dict]]:

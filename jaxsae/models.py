@@ -1,10 +1,14 @@
-"""The fully connected sparse autoencoder in Flax Linen (functional init/apply).
+"""The sparse autoencoder in Flax Linen (functional init/apply), in its three
+architectures: mlp (fully connected, any depth), conv and fullconv (the convolutional
+layers of saecommon/architectures.py).
 
-Parameters are named ``encoder_{i}``/``decoder_{i}`` with ``kernel`` [in, out] and
-``bias`` [out]; torchsae's ``encoder.{i}``/``decoder.{i}`` hold ``weight`` [out, in].
-A tied decoder layer has only a bias and uses its mirror encoder kernel transposed.
-Initialisation matches torch's ``nn.Linear`` default: U(-1/sqrt(fan_in), 1/sqrt(fan_in))
-for kernel and bias, so the two packages start from the same distribution.
+Parameters are named ``encoder_{i}``/``decoder_{i}`` with ``kernel`` [in, out] (Dense)
+or [kh, kw, in, out] (Conv) and ``bias`` [out]; torchsae's ``encoder.{i}``/
+``decoder.{i}`` hold ``weight`` in torch's layouts (checkpoint.py converts). A tied
+decoder layer has only a bias and uses its mirror encoder kernel transposed.
+Initialisation matches torch's default for each layer: U(-1/sqrt(fan_in),
+1/sqrt(fan_in)) for kernel and bias, so the two packages start from the same
+distribution.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxsae.sparsity import apply_mask, lifetime_topk_mask, topk_mask
+from jaxsae.sparsity import apply_mask, sparsity_mask
 from saecommon.architectures import CODE_SHAPES, IMAGE_SHAPE, Layer, layers
 from saecommon.config import SAEConfig
 
@@ -45,18 +49,6 @@ def activate(x: jax.Array, name: str, negative_slope: float = 0.01) -> jax.Array
     if name == "identity":
         return x
     raise ValueError(f"unknown activation {name!r}")
-
-
-def sparsity_mask(code: jax.Array, config: SAEConfig, train: bool) -> jax.Array:
-    """Bool [batch, code]: per-sample top-k, then lifetime top-k of what it kept (the
-    lifetime layer acts in training only)."""
-    mask = jnp.ones(code.shape, bool)
-    if config.topk is not None:
-        mask = topk_mask(code, config.topk)
-        code = jnp.where(mask, code, 0)
-    if train and (config.lifetime_k is not None or config.lifetime_rate is not None):
-        mask = mask & lifetime_topk_mask(code, config.lifetime_k, config.lifetime_rate)
-    return mask
 
 
 def check_input(x: jax.Array, config: SAEConfig) -> None:

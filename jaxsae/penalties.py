@@ -35,6 +35,12 @@ def kl_penalty(
     check_rho(rho)
     if reduction not in REDUCTIONS:
         raise ValueError(f"unknown reduction {reduction!r}; expected sum or mean")
+    return _kl_penalty(code, rho, weight, reduction, eps)
+
+
+def _kl_penalty(code, rho, weight, reduction, eps):
+    """:func:`kl_penalty` without its checks (the model's path, from a validated
+    config)."""
     rho_hat = jnp.clip(jnp.mean(code, axis=0), eps, 1 - eps)
     kl = kl_divergence(rho, rho_hat)
     return weight * (jnp.sum(kl) if reduction == "sum" else jnp.mean(kl))
@@ -45,8 +51,8 @@ def sparsity_penalty(hiddens: Sequence[jax.Array], code: jax.Array, config: SAEC
     if config.penalty == "l1":
         layers = hiddens if config.l1_layers == "hidden" else (code,)
         return l1_penalty(layers, config.penalty_weight)
-    if config.penalty == "kl":
-        return kl_penalty(
+    if config.penalty == "kl":  # config validated rho and the reduction
+        return _kl_penalty(
             code,
             config.kl_rho,
             config.penalty_weight,

@@ -7,7 +7,8 @@ unambiguous; the mask is "strictly above it, plus the first ``need`` entries equ
 it", so no library tie-breaking (and no -0.0 vs 0.0 ordering) can leak in.
 
 ``apply_mask`` is the one ``jax.custom_vjp``: its backward passes the incoming gradient
-through the kept entries only. ``topk`` and ``lifetime_topk`` are mask-then-apply.
+through the kept entries only. ``topk`` and ``lifetime_topk`` are mask-then-apply;
+``sparsity_mask`` is the model's rule (top-k, then lifetime top-k in training).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from saecommon.config import check_topk, resolve_lifetime_k
+from saecommon.config import SAEConfig, check_topk, lifetime_count, resolve_lifetime_k
 
 
 def _first_k_mask(x: jax.Array, k: int) -> jax.Array:
@@ -50,7 +51,13 @@ def _lifetime_mask(x: jax.Array, k: int) -> jax.Array:
 
 @jax.custom_vjp
 def apply_mask(x: jax.Array, mask: jax.Array) -> jax.Array:
-    """x where mask, else 0; the gradient flows through the kept entries only."""
+    """x where mask, else 0; the gradient flows through the kept entries only.
+
+    Today the custom backward gives what autodiff of ``jnp.where`` gives; it is
+    written out so that every sparsity layer's gradient is this one function, stated
+    once and checked against torchsae's twin, and so that a layer whose backward
+    differs from the forward's autodiff (a sparse decoder gradient, a straight-through
+    estimator) has its place to go."""
     return jnp.where(mask, x, 0)
 
 
@@ -63,6 +70,21 @@ def _apply_mask_bwd(mask, g):
 
 
 apply_mask.defvjp(_apply_mask_fwd, _apply_mask_bwd)
+
+
+def sparsity_mask(code: jax.Array, config: SAEConfig, train: bool) -> jax.Array:
+    """Bool [batch, code]: per-sample top-k, then lifetime top-k of what it kept (the
+    lifetime layer acts in training only). The model's own path: ``config`` was
+    validated when it was built, so nothing is checked again here (``topk_mask`` and
+    ``lifetime_topk_mask`` check their arguments)."""
+    mask = jnp.ones(code.shape, bool)
+    if config.topk is not None:
+        mask = _first_k_mask(code, config.topk)
+        code = jnp.where(mask, code, 0)
+    if train and (config.lifetime_k is not None or config.lifetime_rate is not None):
+        k = lifetime_count(code.shape[0], config.lifetime_k, config.lifetime_rate)
+        mask = mask & _lifetime_mask(code, k)
+    return mask
 
 
 def topk(x: jax.Array, k: int) -> jax.Array:

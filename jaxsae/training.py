@@ -20,12 +20,16 @@ import numpy as np
 import optax
 
 from jaxsae.checkpoint import from_state_dict, save_checkpoint, to_state_dict
+from jaxsae.evaluation import encode
 from jaxsae.losses import loss_terms
 from jaxsae.models import Autoencoder
-from saecommon import runs
 from saecommon.checkpoint import CheckpointError, check_frozen
 from saecommon.config import SAEConfig
-from saecommon.train_config import RunConfig, TrainConfig, epoch_order
+from saecommon.data import PreparedData, prepare_data
+from saecommon.metrics import CodeStats
+from saecommon.recorder import RunRecorder, check_batch_size
+from saecommon.schedules import epoch_order
+from saecommon.train_config import RunConfig, TrainConfig
 
 FRAMEWORK = "jax"
 
@@ -146,7 +150,7 @@ def make_train_epoch(
     def plan(data: jax.Array, key: jax.Array, order: jax.Array | None):
         steps = data.shape[0] // batch_size
         perm_key, noise_key = jax.random.split(key)
-        if order is None:  # else numpy drew it (saecommon.train_config.epoch_order)
+        if order is None:  # else numpy drew it (saecommon.schedules.epoch_order)
             n = data.shape[0]
             order = jax.random.permutation(perm_key, n) if shuffle else jnp.arange(n)
         order = order[: steps * batch_size].reshape(steps, batch_size)
@@ -179,73 +183,73 @@ def make_train_epoch(
     return train_epoch_looped
 
 
-def make_evaluate(config: SAEConfig, batch_size: int, loop: bool = False) -> Callable:
-    """``evaluate(params, data [n, input]) -> metrics`` over every sample, in evaluation
-    mode (no lifetime top-k, no noise): recon, penalty, loss and l0 are means over
-    samples (penalties per batch of ``batch_size``, weighted by its size);
-    dead_fraction is the share of code units zero on every sample, constant_fraction
-    the share that take one value on every sample (dead units among them). The
-    batches run as one ``lax.scan``, or with ``loop`` (``host_loop``) one jitted call
-    each."""
+def make_eval_metrics(
+    config: SAEConfig, batch_size: int, loop: bool = False
+) -> Callable:
+    """``eval_metrics(params, data [n, input]) -> metrics``, the per-epoch metrics of
+    a split, over every sample in evaluation mode (no lifetime top-k, no noise):
+    recon, penalty and loss are means over samples (penalties per batch of
+    ``batch_size``, weighted by its size); l0, dead_fraction and constant_fraction are
+    ``saecommon.metrics.CodeStats``'s, from per-unit statistics reduced batch by batch
+    on the device. The batches run as one ``lax.scan``, or with ``loop``
+    (``host_loop``) one jitted call each."""
     model = Autoencoder(config)
 
     def batch_metrics(params, x):
         out = model.apply({"params": params}, x, train=False)
-        terms = loss_terms(out, x, config)
-        active = out.code != 0
-        seen = (jnp.any(active, axis=0), out.code.min(axis=0), out.code.max(axis=0))
-        return {**terms, "l0": jnp.mean(jnp.sum(active, axis=1))}, seen
+        code = out.code  # per unit: samples active, lowest value, highest value
+        stats = (jnp.sum(code != 0, axis=0), code.min(axis=0), code.max(axis=0))
+        return loss_terms(out, x, config), stats
 
-    def nothing(dtype):  # per unit: ever active, lowest value, highest value
+    def no_samples(dtype):  # the statistics of zero samples, the identity of merge
         return (
-            jnp.zeros((config.code_dim,), bool),
+            jnp.zeros((config.code_dim,), jnp.int32),
             jnp.full((config.code_dim,), jnp.inf, dtype),
             jnp.full((config.code_dim,), -jnp.inf, dtype),
         )
 
     def merge(a, b):
-        return a[0] | b[0], jnp.minimum(a[1], b[1]), jnp.maximum(a[2], b[2])
+        return a[0] + b[0], jnp.minimum(a[1], b[1]), jnp.maximum(a[2], b[2])
 
     @jax.jit
     def scan_batches(params, batches):
-        def body(seen, x):
-            metrics, batch_seen = batch_metrics(params, x)
-            return merge(seen, batch_seen), metrics
+        def body(stats, x):
+            terms, batch_stats = batch_metrics(params, x)
+            return merge(stats, batch_stats), terms
 
-        return jax.lax.scan(body, nothing(batches.dtype), batches)
+        return jax.lax.scan(body, no_samples(batches.dtype), batches)
 
     one_batch = jax.jit(batch_metrics)
 
     def loop_batches(params, batches):
-        rows, seen = [], nothing(batches.dtype)
+        rows, stats = [], no_samples(batches.dtype)
         for x in batches:
-            metrics, batch_seen = one_batch(params, x)
-            seen = merge(seen, batch_seen)
-            rows.append(metrics)
-        return seen, jax.tree.map(lambda *batch: jnp.stack(batch), *rows)
+            terms, batch_stats = one_batch(params, x)
+            stats = merge(stats, batch_stats)
+            rows.append(terms)
+        return stats, jax.tree.map(lambda *batch: jnp.stack(batch), *rows)
 
-    def evaluate(params, data) -> dict[str, float]:
+    def eval_metrics(params, data) -> dict[str, float]:
         n = data.shape[0]
         full = n // batch_size * batch_size
         sums: dict[str, float] = {}
-        seen = nothing(data.dtype)
+        stats = no_samples(data.dtype)
         if full:
             batches = data[:full].reshape(-1, batch_size, data.shape[1])
             run_batches = loop_batches if loop else scan_batches
-            seen, metrics = run_batches(params, batches)
-            sums = {k: float(np.sum(v)) * batch_size for k, v in metrics.items()}
+            stats, terms = run_batches(params, batches)
+            sums = {k: float(np.sum(v)) * batch_size for k, v in terms.items()}
         if full < n:  # the remainder as one smaller batch (a second compiled shape)
-            metrics, batch_seen = one_batch(params, data[full:])
-            seen = merge(seen, batch_seen)
-            for k, v in metrics.items():
+            terms, batch_stats = one_batch(params, data[full:])
+            stats = merge(stats, batch_stats)
+            for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v) * (n - full)
-        out = {k: v / n for k, v in sums.items()}
-        alive, lo, hi = (np.asarray(a) for a in seen)
-        out["dead_fraction"] = float(np.mean(~alive))
-        out["constant_fraction"] = float(np.mean(lo == hi))
-        return out
+        metrics = {k: v / n for k, v in sums.items()}
+        active, low, high = (np.asarray(a) for a in jax.device_get(stats))
+        metrics.update(CodeStats(n, active, low, high).metrics())
+        return metrics
 
-    return evaluate
+    return eval_metrics
 
 
 def init_params(config: SAEConfig, key: jax.Array):
@@ -287,7 +291,7 @@ def train(
     out_dir: str | os.PathLike,
     *,
     resume: bool = False,
-    data: runs.PreparedData | None = None,
+    data: PreparedData | None = None,
     progress: bool = True,
     init: Mapping[str, np.ndarray] | None = None,
     frozen: Collection[str] = (),
@@ -301,13 +305,14 @@ def train(
     layers ("encoder.0", ...) keep their initial weights (``make_optimizer``)."""
     mcfg, tcfg = run.model, run.train
     check_frozen(frozen, mcfg)
-    data = runs.prepare_data(run) if data is None else data
+    data = prepare_data(run) if data is None else data
+    check_batch_size(tcfg, data)
     steps_per_epoch = len(data.train) // tcfg.batch_size
     optimizer = make_optimizer(tcfg, steps_per_epoch, frozen)
     train_step = make_train_step(mcfg, tcfg, optimizer, data.pixel_range)
     loop = host_loop(mcfg)
     train_epoch = make_train_epoch(train_step, tcfg.batch_size, tcfg.shuffle, loop)
-    evaluate = make_evaluate(mcfg, tcfg.eval_batch_size, loop)
+    eval_metrics = make_eval_metrics(mcfg, tcfg.eval_batch_size, loop)
 
     init_key, train_key = jax.random.split(jax.random.key(tcfg.seed))
     if init is None:
@@ -315,7 +320,7 @@ def train(
     else:
         params = from_state_dict(init, mcfg)
     state = TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
-    recorder = runs.RunRecorder(
+    recorder = RunRecorder(
         run, out_dir, FRAMEWORK, data, resume=resume, progress=progress
     )
     if recorder.resumed is not None:
@@ -341,7 +346,7 @@ def train(
                 epoch,
                 lr,
                 jax.device_get(step_metrics),
-                lambda split, params=state.params: evaluate(params, eval_x[split]),
+                lambda split, params=state.params: eval_metrics(params, eval_x[split]),
             )
             new_lr = recorder.next_lr(row, lr)
             if new_lr != lr:  # the learning rate lives in the optimizer state
@@ -356,11 +361,7 @@ def train(
     finally:
         recorder.close()
     recorder.finish(
-        lambda x: _forward(mcfg, state.params, x), to_state_dict(state.params)
+        lambda x: encode(state.params, mcfg, x, batch_size=tcfg.eval_batch_size),
+        to_state_dict(state.params),
     )
     return recorder.history
-
-
-def _forward(config: SAEConfig, params, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    out = Autoencoder(config).apply({"params": params}, jnp.asarray(x), train=False)
-    return np.asarray(out.reconstruction), np.asarray(out.code)

@@ -113,7 +113,7 @@ def test_training_modules_share_their_contract():
         assert list(b)[len(a) :] == ["device", "compile"]
     assert list(inspect.signature(jt.init_state_dict).parameters) == ["config", "seed"]
     assert list(inspect.signature(tt.init_state_dict).parameters) == ["config", "seed"]
-    # The JAX epoch is a jitted scan (make_train_epoch/make_evaluate build jitted
-    # functions); torch loops eagerly over resident tensors (train_epoch/evaluate).
+    # The JAX epoch is a jitted scan (make_train_epoch/make_eval_metrics build jitted
+    # functions); torch loops eagerly over resident tensors (train_epoch/eval_metrics).
     assert hasattr(jt, "make_train_epoch") and hasattr(tt, "train_epoch")
-    assert hasattr(jt, "make_evaluate") and hasattr(tt, "evaluate")
+    assert hasattr(jt, "make_eval_metrics") and hasattr(tt, "eval_metrics")

@@ -70,7 +70,7 @@ def test_optimizer_steps_match(optimizer, schedule, dtype):
         jax_sd = jaxsae.to_state_dict(state.params)
 
     model = torchsae.from_state_dict(sd, CONFIG)
-    topt = tt.make_optimizer(tcfg, STEPS, model.parameters())
+    topt = tt.make_optimizer(tcfg, model.parameters())
     tstep = tt.make_train_step(CONFIG, tcfg, model, topt, total_steps=STEPS)
     torch_metrics = [
         float(tstep(torch.from_numpy(batches[i]), torch.Generator(), i)[2])
@@ -92,8 +92,8 @@ def test_evaluation_matches_with_a_remainder_batch():
     model.eval()
     sd = torchsae.to_state_dict(model)
     params = jaxsae.from_state_dict(sd, model.config)
-    a = jt.make_evaluate(model.config, 32)(params, jnp.asarray(data))
-    b = tt.evaluate(model, torch.from_numpy(data), 32)
+    a = jt.make_eval_metrics(model.config, 32)(params, jnp.asarray(data))
+    b = tt.eval_metrics(model, torch.from_numpy(data), 32)
     assert a.keys() == b.keys()  # which keys: tests/test_training.py
     for k in a:
         assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-7), k

@@ -1,6 +1,32 @@
-"""Framework-neutral pieces shared by jaxsae and torchsae: the config schema and the
-portable checkpoint format (numpy + safetensors). Neither model package imports the
-other; both import this."""
+"""Framework-neutral pieces shared by jaxsae and torchsae, written once (numpy). Neither
+model package imports the other; both import this. One concern per module:
+
+Schema and catalogues
+    config.py        SAEConfig, the model schema, and its field checks
+    architectures.py the layers of each architecture (names, shapes, FLOPs)
+    train_config.py  TrainConfig and RunConfig, the training schema
+    presets.py       named RunConfigs (``--preset``)
+    reproduction.py  the published results and how a result is compared with them
+Data and files
+    data.py          datasets (IDX, the shipped MNIST, tfds) -> PreparedData
+    checkpoint.py    the portable checkpoint (safetensors + JSON config), atomic writes
+    rundir.py        the run directory: file names, config, train state, history
+Training (the framework-neutral half of both trainers)
+    schedules.py     cosine learning rate, reduce-on-plateau, the numpy epoch order
+    recorder.py      RunRecorder: per-epoch row, checks, writes, end-of-run summary
+    layerwise.py     greedy layer-wise pretraining, the stage plan
+    progress.py      progress bars and lines
+Evaluation
+    metrics.py       every metric formula (reconstruction; CodeStats for sparsity)
+    probe.py         the linear probe (softmax regression, L-BFGS)
+    noise.py         the evaluation's denoising noise
+    evaluation.py    what an evaluation measures, on which data
+    report.py        metrics.json, the pictures and the printed table
+    plots.py         every picture
+Command lines
+    cli.py           flags -> RunConfig for scripts/train.py
+    frameworks.py    the one place that picks jaxsae or torchsae (imported on demand)
+"""
 
 from saecommon.checkpoint import (
     CheckpointError,

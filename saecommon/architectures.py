@@ -74,3 +74,11 @@ def layers(config) -> tuple[Layer, ...]:
         for i, (a, b) in enumerate(config.decoder_dims)
     )
     return enc + dec
+
+
+def train_step_flops(config, batch: int) -> int:
+    """Matmul FLOPs of one training step of the MLP: forward 2*B*in*out per layer, and
+    backward twice that (gradients of weights and of inputs), i.e. 6*B*sum(in*out).
+    Elementwise work (activations, top-k, the optimizer) is not counted."""
+    weights = sum(i * o for i, o in config.encoder_dims + config.decoder_dims)
+    return 6 * batch * weights

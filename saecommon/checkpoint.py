@@ -8,7 +8,7 @@ Loading never unpickles: safetensors holds raw tensors and a JSON header only.
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from collections.abc import Collection, Mapping
 
 import numpy as np
@@ -94,35 +94,36 @@ def write_checkpoint(path: str | os.PathLike, state_dict: StateDict, config: SAE
     atomic_write(path, _save_bytes(arrays, metadata=metadata))
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_FILE_MODE = 0o666 & ~_umask()
-
-
 def atomic_write(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to a temp file beside ``path``, fsync, then rename over ``path``:
-    a kill at any moment leaves the old file (or none), never a truncated one."""
+    a kill at any moment leaves the old file (or none), never a truncated one. The
+    file gets the mode ``open()`` would give it (0o666 less the umask, which the
+    kernel applies when it creates the temp file)."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        dir=directory, prefix=".tmp-", suffix=os.path.basename(path)
-    )
+    fd, tmp = _create_temp(directory, os.path.basename(path))
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, _FILE_MODE)  # mkstemp makes 0600; others may read, as with open()
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def _create_temp(directory: str, name: str) -> tuple[int, str]:
+    """A new file ``.tmp-<random>-<name>`` in ``directory``, opened for writing."""
+    for _ in range(100):
+        tmp = os.path.join(directory, f".tmp-{secrets.token_hex(4)}-{name}")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name for {name} in {directory}")
 
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], SAEConfig]:

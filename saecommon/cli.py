@@ -9,8 +9,11 @@ import dataclasses
 import os
 from typing import Any
 
+from saecommon import rundir
 from saecommon.config import ConfigError, SAEConfig
-from saecommon.train_config import PRESETS, RunConfig, TrainConfig
+from saecommon.frameworks import FRAMEWORKS
+from saecommon.presets import PRESETS
+from saecommon.train_config import RunConfig, TrainConfig
 
 
 def _parse_value(kind: str, text: str) -> Any:
@@ -55,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a sparse autoencoder with jaxsae or torchsae.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--framework", choices=("jax", "torch"), default="jax")
+    parser.add_argument("--framework", choices=FRAMEWORKS, default="jax")
     parser.add_argument("--preset", choices=sorted(PRESETS), help="start from a preset")
     parser.add_argument(
         "--out", help="run directory (default runs/<preset or 'custom'>)"
@@ -93,13 +96,11 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
     directory's own config with only --epochs applied."""
     overrides = {k: v for k, v in vars(args).items() if "." in k}
     if args.resume:
-        path = os.path.join(args.out, "config.json")
-        if not os.path.isfile(path):
+        if not os.path.isfile(os.path.join(args.out, rundir.CONFIG)):
             raise ConfigError(
-                f"--resume: no run to continue in {args.out} (no config.json)"
+                f"--resume: no run to continue in {args.out} (no {rundir.CONFIG})"
             )
-        with open(path) as f:
-            run = RunConfig.from_json(f.read())
+        run = rundir.read_run_config(args.out)
         extra = sorted(k.split(".")[1] for k in overrides if k != "TrainConfig.epochs")
         if extra:
             raise ConfigError(
@@ -122,7 +123,8 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
     )
 
 
-def default_out(args: argparse.Namespace) -> str:
+def default_run_dir(args: argparse.Namespace) -> str:
+    """--out, or runs/<preset or 'custom'>-<framework>."""
     return args.out or os.path.join(
         "runs", f"{args.preset or 'custom'}-{args.framework}"
     )

@@ -28,10 +28,12 @@ class ConfigError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class SAEConfig:
-    """A fully connected sparse autoencoder: architecture, sparsity rule and loss.
+    """A sparse autoencoder: architecture, sparsity rule and loss.
 
-    The encoder is ``input_dim -> hidden_dims[0] -> ... -> hidden_dims[-1]`` (the code);
-    the decoder mirrors it back to ``input_dim``.
+    ``mlp``: the encoder is ``input_dim -> hidden_dims[0] -> ... -> hidden_dims[-1]``
+    (the code) and the decoder mirrors it back to ``input_dim``. ``conv`` and
+    ``fullconv``: the fixed convolutional layers of saecommon/architectures.py on
+    1x28x28 images, with a linear or a transposed-convolution decoder.
     """
 
     architecture: str = "mlp"
@@ -238,8 +240,16 @@ def resolve_lifetime_k(
         raise ConfigError("lifetime top-k needs exactly one of k or rate")
     if k is not None:
         check_int("lifetime k", k, minimum=1)
+    else:
+        check_lifetime_rate(rate)
+    return lifetime_count(batch, k, rate)
+
+
+def lifetime_count(batch: int, k: int | None, rate: float | None) -> int:
+    """:func:`resolve_lifetime_k` without its checks, for a validated config's k or
+    rate (the model's forward pass calls this on every step)."""
+    if k is not None:
         return min(k, batch)
-    check_lifetime_rate(rate)
     return max(1, min(batch, math.ceil(rate * batch)))
 
 

@@ -1,9 +1,10 @@
 """The framework-neutral data layer: IDX files, the shipped MNIST, tensorflow-datasets.
 
 Everything here is numpy. A :class:`Dataset` holds uint8 images ``[n, h, w]`` and
-integer labels ``[n]`` for a train and a test split; :func:`flatten_images`,
-:class:`Normalization` and :func:`split_validation` turn them into the float32
-``[n, features]`` arrays both model packages train on. Every bad input raises
+integer labels ``[n]`` for a train and a test split; :func:`prepare_data` turns a run's
+dataset into :class:`PreparedData`, the float32 ``[n, features]`` arrays both model
+packages train and evaluate on (through :func:`flatten_images`,
+:func:`split_validation` and :class:`Normalization`). Every bad input raises
 :class:`DataError` with one message that names the file or array and what is wrong.
 """
 
@@ -24,6 +25,8 @@ import numpy as np
 
 if TYPE_CHECKING:  # annotations only: importlib.resources.abc is Python 3.11+
     from importlib.resources.abc import Traversable
+
+    from saecommon.train_config import RunConfig
 
 IDX_FILES = {
     "train_images": "train-images-idx3-ubyte",
@@ -286,6 +289,74 @@ def split_validation(
         )
     cut = n - n_val
     return images[:cut], labels[:cut], images[cut:], labels[cut:]
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparedData:
+    """A run's data as its trainer uses it: flattened float32 arrays [n, features]
+    (scaled to [0, 1], standardized when the run normalizes) and their labels."""
+
+    train: np.ndarray
+    train_labels: np.ndarray
+    val: np.ndarray
+    """Validation inputs: held out from train, or the test split when val_fraction=0."""
+    val_labels: np.ndarray
+    test: np.ndarray
+    test_labels: np.ndarray
+    pixel_range: tuple[float, float]
+    """The values that pixel 0 and pixel 1 take after preprocessing (noise clips here)."""
+    image_shape: tuple[int, ...]
+    normalization: Normalization | None
+    val_is_test: bool
+
+    def to_pixels(self, x: np.ndarray) -> np.ndarray:
+        """Model-space [n, features] -> [0, 1] pixel space (the normalization undone,
+        not clipped)."""
+        return x if self.normalization is None else self.normalization.invert(x)
+
+
+def prepare_data(run: RunConfig) -> PreparedData:
+    """Load ``run.train.dataset``, scale to [0, 1], hold out ``val_fraction``, and
+    standardize with the training split's statistics when ``normalize``; a pixel
+    count other than ``run.model.input_dim`` is a DataError."""
+    tcfg, mcfg = run.train, run.model
+    ds = load_dataset(tcfg.dataset)
+    image_shape = tuple(ds.train_images.shape[1:])
+    train, test = flatten_images(ds.train_images), flatten_images(ds.test_images)
+    if train.shape[1] != mcfg.input_dim:
+        raise DataError(
+            f"dataset {tcfg.dataset!r} has {train.shape[1]} pixels per sample "
+            f"(images {image_shape}) but the model's input_dim is {mcfg.input_dim}; "
+            "use the kind of data the model takes (--dataset/--data-dir)"
+        )
+    train_labels, test_labels = ds.train_labels, ds.test_labels
+    val_is_test = tcfg.val_fraction == 0
+    if val_is_test:
+        val, val_labels = test, test_labels
+    else:
+        train, train_labels, val, val_labels = split_validation(
+            train, train_labels, tcfg.val_fraction
+        )
+    norm = fit_normalization(train) if tcfg.normalize else None
+    if norm is not None:
+        train, val, test = norm.apply(train), norm.apply(val), norm.apply(test)
+    lo, hi = (
+        (norm.apply(np.float32(0)), norm.apply(np.float32(1))) if norm else (0.0, 1.0)
+    )
+    for name, array in (("train", train), ("validation", val), ("test", test)):
+        check_finite(array, f"{tcfg.dataset} {name} data")
+    return PreparedData(
+        train.astype(np.float32),
+        train_labels,
+        val.astype(np.float32),
+        val_labels,
+        test.astype(np.float32),
+        test_labels,
+        (float(lo), float(hi)),
+        image_shape,
+        norm,
+        val_is_test,
+    )
 
 
 def _gunzip(data: bytes, source: str) -> bytes:

@@ -34,7 +34,7 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
-from saecommon import runs
+from saecommon import rundir
 from saecommon.checkpoint import (
     CheckpointError,
     atomic_write,
@@ -44,6 +44,7 @@ from saecommon.checkpoint import (
     untie_state_dict,
 )
 from saecommon.config import ConfigError, SAEConfig
+from saecommon.data import PreparedData, prepare_data
 from saecommon.train_config import RunConfig
 
 FINETUNE = "finetune"
@@ -177,7 +178,7 @@ def pretrain(
     init_state_dict: Callable[[SAEConfig, int], dict[str, np.ndarray]],
     *,
     resume: bool = False,
-    data: runs.PreparedData | None = None,
+    data: PreparedData | None = None,
     progress: bool = True,
     init: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, list[dict]]:
@@ -191,10 +192,8 @@ def pretrain(
     if init is None:
         init = init_state_dict(full_model, run.train.seed)
     check_state_dict(init, full_model)
-    data = runs.prepare_data(run) if data is None else data
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, runs.CONFIG), "w") as f:
-        f.write(run.to_json())
+    data = prepare_data(run) if data is None else data
+    rundir.write_run_config(out_dir, run)
 
     histories: dict[str, list[dict]] = {}
     previous = previous_config = None
@@ -210,10 +209,10 @@ def pretrain(
             )
         done = _finished_epochs(stage_dir, stage) if resume else None
         if done is not None and done >= stage.run.train.epochs:
-            histories[stage.name] = runs.read_history(stage_dir)
+            histories[stage.name] = rundir.read_history(stage_dir)
         else:
             stage_resume = resume and os.path.isfile(
-                os.path.join(stage_dir, runs.TRAIN_STATE)
+                os.path.join(stage_dir, rundir.TRAIN_STATE)
             )
             start = None
             if not stage_resume:
@@ -229,24 +228,23 @@ def pretrain(
                 init=start,
                 frozen=stage.frozen,
             )
-        previous_path = os.path.join(stage_dir, runs.MODEL)
+        previous_path = os.path.join(stage_dir, rundir.MODEL)
         previous, previous_config = read_checkpoint(previous_path)
     with open(previous_path, "rb") as f:  # the final model, also at the top
-        atomic_write(os.path.join(out_dir, runs.MODEL), f.read())
+        atomic_write(os.path.join(out_dir, rundir.MODEL), f.read())
     return histories
 
 
 def _finished_epochs(stage_dir: str, stage: Stage) -> int | None:
     """Epochs of a stage that ran to its end (summary written), else None; a stage
     directory that holds another model or schedule is a CheckpointError."""
-    if not os.path.isfile(os.path.join(stage_dir, runs.SUMMARY)):
+    if not os.path.isfile(os.path.join(stage_dir, rundir.SUMMARY)):
         return None
-    with open(os.path.join(stage_dir, runs.CONFIG)) as f:
-        saved = RunConfig.from_json(f.read())
-    if not runs.same_but_epochs(saved, stage.run):
+    saved = rundir.read_run_config(stage_dir)
+    if not rundir.same_but_epochs(saved, stage.run):
         raise CheckpointError(
             f"{stage_dir} holds a finished {stage.name} of another model or schedule "
             f"({_dims(saved.model)}, not {_dims(stage.run.model)}, or other settings); "
             "resume only the pretraining that wrote it, or use a new output directory"
         )
-    return len(runs.read_history(stage_dir))
+    return len(rundir.read_history(stage_dir))

@@ -1,5 +1,7 @@
-"""The pictures written at the end of a training run: loss curves, reconstructions, the
-decoder dictionary and the codes (numpy + matplotlib only).
+"""The pictures of a run and of its evaluation: loss curves, reconstructions, the
+decoder dictionary, the codes, the code scatter and the activation frequency (numpy +
+matplotlib only), and what to draw them from (:func:`picture_shape`,
+:func:`dictionary_weights`).
 
 Figures are built with ``matplotlib.figure.Figure`` and saved with ``Figure.savefig``,
 never through ``pyplot``: importing this module leaves the global backend alone, needs
@@ -25,6 +27,8 @@ from matplotlib.colors import Normalize, to_rgba
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
+
+from saecommon.architectures import layers
 
 DPI = 100
 SPLITS = ("train", "val", "test")
@@ -471,6 +475,34 @@ def plot_code_scatter(codes, labels, path) -> pathlib.Path:
     ax.grid(True, alpha=0.3)
     ax.set_title(f"2-D codes of {z.shape[0]} samples by label")
     return _save(fig, path)
+
+
+# --------------------------------------------------------------------------- what to draw
+
+
+def picture_shape(image_shape: tuple[int, ...], input_dim: int) -> tuple[int, int]:
+    """(h, w) to draw one sample of ``input_dim`` features as: the dataset's image
+    shape (its first two axes), or a column [input_dim, 1] when that does not fit."""
+    shape = image_shape[:2] if len(image_shape) >= 2 else image_shape
+    if int(np.prod(shape)) != input_dim:
+        shape = (input_dim, 1)
+    return tuple(int(s) for s in shape)
+
+
+def dictionary_weights(
+    state_dict: Mapping[str, np.ndarray], config
+) -> tuple[np.ndarray, tuple[int, int] | None]:
+    """([units, pixels], tile shape or None): what each input unit of the last decoder
+    layer writes (for a one-layer model or the conv model, each code unit's decoder
+    weights; for fullconv, the 8x8 stamp each input channel of the last transposed
+    convolution paints). None: draw the tiles in the picture shape."""
+    last = [layer for layer in layers(config) if layer.name.startswith("decoder.")][-1]
+    if config.tied:
+        return np.asarray(state_dict["encoder.0.weight"]), None  # [h1, input]
+    weight = np.asarray(state_dict[f"{last.name}.weight"])
+    if last.kind == "conv_transpose":  # [in, out=1, k, k]
+        return weight.reshape(weight.shape[0], -1), (last.kernel, last.kernel)
+    return weight.T, None  # [input, h1] -> [h1, input]
 
 
 # --------------------------------------------------------------------------- run

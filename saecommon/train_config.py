@@ -1,16 +1,13 @@
-"""Training config, presets and the learning-rate rules both trainers share.
-
-``RunConfig`` = model (``SAEConfig``) + training (``TrainConfig``); it is what
-``scripts/train.py`` builds from flags and what a run directory stores as config.json.
+"""The training config schema: ``TrainConfig`` (how to train) and ``RunConfig`` = model
+(``SAEConfig``) + training; a RunConfig is what ``scripts/train.py`` builds from flags
+and what a run directory stores as config.json. Presets live in presets.py, the rules
+applied per step and per epoch in schedules.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
-
-import numpy as np
 
 from saecommon.config import (
     ConfigError,
@@ -178,134 +175,3 @@ class RunConfig:
                 "run config JSON must be an object with 'model' and 'train'"
             )
         return cls(model=data["model"], train=data["train"])
-
-
-PRESETS: dict[str, RunConfig] = {
-    # The FashionMNIST L1 tutorial's 10-layer model (trained on MNIST unless told
-    # otherwise: --dataset tfds:fashion_mnist or a Fashion-MNIST IDX folder).
-    "fashion-l1-deep": RunConfig(
-        SAEConfig(
-            input_dim=784,
-            hidden_dims=(256, 128, 64, 32, 16),
-            activation="relu",
-            code_activation="relu",
-            output_activation="relu",
-            penalty="l1",
-            penalty_weight=1e-3,
-            l1_layers="hidden",
-            loss="mse",
-        ),
-        TrainConfig(epochs=10, batch_size=32, learning_rate=1e-3),
-    ),
-    "mnist-topk": RunConfig(
-        SAEConfig(
-            input_dim=784,
-            hidden_dims=(64,),
-            activation="leaky_relu",
-            code_activation="leaky_relu",
-            output_activation="sigmoid",
-            topk=16,
-            lifetime_rate=0.25,
-            loss="mse",
-        ),
-        TrainConfig(epochs=20, batch_size=512, learning_rate=1e-3),
-    ),
-    "mnist-kl": RunConfig(
-        SAEConfig(
-            input_dim=784,
-            hidden_dims=(64,),
-            activation="sigmoid",
-            code_activation="sigmoid",
-            output_activation="sigmoid",
-            penalty="kl",
-            penalty_weight=0.1,
-            kl_rho=0.05,
-            kl_reduction="mean",
-            loss="mse",
-        ),
-        TrainConfig(epochs=20, batch_size=512, learning_rate=1e-3),
-    ),
-    # Greedy layer-wise pretraining of a deep 784-128-64-32-2 autoencoder (a 2-D code
-    # to look at), one stage per encoder layer, then the whole model fine-tuned.
-    "mnist-layerwise": RunConfig(
-        SAEConfig(
-            input_dim=784,
-            hidden_dims=(128, 64, 32, 2),
-            activation="relu",
-            code_activation="identity",
-            output_activation="sigmoid",
-            loss="mse",
-        ),
-        TrainConfig(
-            epochs=10, batch_size=256, learning_rate=1e-3, layerwise_epochs=(3, 3, 3, 3)
-        ),
-    ),
-    "mnist-denoise": RunConfig(
-        SAEConfig(
-            input_dim=784,
-            hidden_dims=(64,),
-            activation="leaky_relu",
-            code_activation="leaky_relu",
-            output_activation="sigmoid",
-            loss="mse",
-        ),
-        TrainConfig(
-            epochs=20,
-            batch_size=512,
-            learning_rate=1e-3,
-            noise="masking",
-            mask_fraction=0.25,
-        ),
-    ),
-}
-
-
-def epoch_order(train: TrainConfig, epoch: int, n: int) -> np.ndarray | None:
-    """The order in which epoch ``epoch`` visits ``n`` training samples when numpy draws
-    it (``shuffle_source`` "numpy"): ``default_rng([seed, epoch]).permutation(n)``, the
-    same in both packages and on resume. None when the framework draws the order (or
-    the data is visited in order)."""
-    if train.shuffle_source != "numpy":
-        return None
-    return np.random.default_rng([train.seed, epoch]).permutation(n)
-
-
-def cosine_lr(base: float, step: int, total_steps: int) -> float:
-    """base * (1 + cos(pi * step / total)) / 2, held at 0 after total (optax's
-    cosine_decay_schedule with alpha 0)."""
-    t = min(step, total_steps) / max(total_steps, 1)
-    return base * 0.5 * (1 + math.cos(math.pi * t))
-
-
-@dataclasses.dataclass
-class Plateau:
-    """Reduce-on-plateau, host side, once per epoch, the same in both trainers.
-
-    Like torch's ReduceLROnPlateau(mode="min", threshold=1e-4, threshold_mode="rel",
-    cooldown=0): an epoch improves when value < best * (1 - 1e-4); after more than
-    ``patience`` epochs without improvement the learning rate is multiplied by
-    ``factor`` and the count restarts.
-    """
-
-    factor: float
-    patience: int
-    best: float = math.inf
-    bad_epochs: int = 0
-
-    def step(self, value: float, lr: float) -> float:
-        if value < self.best * (1 - 1e-4):
-            self.best, self.bad_epochs = value, 0
-            return lr
-        self.bad_epochs += 1
-        if self.bad_epochs > self.patience:
-            self.bad_epochs = 0
-            return lr * self.factor
-        return lr
-
-
-def train_step_flops(config: SAEConfig, batch: int) -> int:
-    """Matmul FLOPs of one training step of the MLP: forward 2*B*in*out per layer, and
-    backward twice that (gradients of weights and of inputs), i.e. 6*B*sum(in*out).
-    Elementwise work (activations, top-k, the optimizer) is not counted."""
-    weights = sum(i * o for i, o in config.encoder_dims + config.decoder_dims)
-    return 6 * batch * weights

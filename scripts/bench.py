@@ -23,8 +23,9 @@ import torch
 from PIL import Image
 
 from jaxsae import training as jt
+from saecommon.architectures import train_step_flops
 from saecommon.data import flatten_images, load_dataset
-from saecommon.train_config import PRESETS, train_step_flops
+from saecommon.presets import PRESETS
 from torchsae import training as tt
 from torchsae.models import Autoencoder
 
@@ -74,7 +75,7 @@ def bench_jax(run, x: np.ndarray, batch: int) -> float:
 def bench_torch(run, x: np.ndarray, batch: int, compile: bool) -> float:
     tcfg = dataclasses.replace(run.train, batch_size=batch)
     model = Autoencoder(run.model, generator=torch.Generator().manual_seed(0))
-    opt = tt.make_optimizer(tcfg, len(x) // batch, model.parameters())
+    opt = tt.make_optimizer(tcfg, model.parameters())
     step = tt.make_train_step(run.model, tcfg, model, opt, compile=compile)
     data = torch.from_numpy(x)
 

@@ -12,9 +12,12 @@ python scripts/evaluate.py runs/mnist-topk-jax --no-probe
 import argparse
 import sys
 
+from saecommon import frameworks
 from saecommon.config import ConfigError
 from saecommon.data import DataError
-from saecommon.evaluation import EVAL_FIELDS, NOISE_SEED, format_report
+from saecommon.evaluation import EVAL_FIELDS
+from saecommon.noise import NOISE_SEED
+from saecommon.report import format_report
 from saecommon.train_config import NOISES
 
 
@@ -34,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a run directory (model.safetensors + config.json) or a checkpoint file",
     )
     parser.add_argument(
-        "--framework", choices=("jax", "torch"), default="jax", help="default: jax"
+        "--framework", choices=frameworks.FRAMEWORKS, default="jax", help="default: jax"
     )
     parser.add_argument(
         "--out", help="output folder (default: eval-<framework> beside the checkpoint)"
@@ -80,24 +83,17 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     given = {k: getattr(args, k) for k in EVAL_FIELDS}  # each a flag of the same name
     overrides = {k: v for k, v in given.items() if v is not None}
-    options = dict(
-        overrides=overrides,
-        probe=args.probe,
-        noise_seed=args.noise_seed,
-        batch_size=args.batch_size,
-        progress=not args.quiet,
-    )
     try:
-        if args.framework == "jax":
-            from jaxsae.evaluation import evaluate_checkpoint
-        else:
-            import torch
-
-            from torchsae.evaluation import evaluate_checkpoint
-
-            cuda = torch.cuda.is_available()
-            options["device"] = args.device or ("cuda" if cuda else "cpu")
-        result, source, out_dir = evaluate_checkpoint(args.path, args.out, **options)
+        fw = frameworks.load(args.framework, args.device)
+        result, source, out_dir = fw.evaluate_checkpoint(
+            args.path,
+            args.out,
+            overrides=overrides,
+            probe=args.probe,
+            noise_seed=args.noise_seed,
+            batch_size=args.batch_size,
+            progress=not args.quiet,
+        )
     except (ConfigError, DataError, ValueError) as err:  # CheckpointError included
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -12,17 +12,18 @@ python scripts/train.py --hidden-dims 256,64,16 --layerwise-epochs 3,3,3 --epoch
 
 import sys
 
+from saecommon import frameworks
 from saecommon.checkpoint import initial_state_dict
-from saecommon.cli import build_parser, default_out, run_config_from_args
+from saecommon.cli import build_parser, default_run_dir, run_config_from_args
 from saecommon.config import ConfigError
 from saecommon.data import DataError
 from saecommon.layerwise import pretraining_model
-from saecommon.runs import TrainingDiverged
+from saecommon.recorder import TrainingDiverged
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    args.out = default_out(args)
+    args.out = default_run_dir(args)
     try:
         run = run_config_from_args(args)
         if args.init_from and args.resume:
@@ -31,19 +32,10 @@ def main(argv=None) -> int:
         # Layer-wise: --init-from gives the whole model's initial weights, as pretrained.
         target = pretraining_model(run) if layerwise else run.model
         init = initial_state_dict(args.init_from, target) if args.init_from else None
-        options = dict(resume=args.resume, progress=not args.quiet, init=init)
-        if args.framework == "jax":
-            from jaxsae.layerwise import pretrain
-            from jaxsae.training import train
-        else:
-            import torch
-
-            from torchsae.layerwise import pretrain
-            from torchsae.training import train
-
-            device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-            options["device"] = device
-        (pretrain if layerwise else train)(run, args.out, **options)
+        fw = frameworks.load(args.framework, args.device)
+        (fw.pretrain if layerwise else fw.train)(
+            run, args.out, resume=args.resume, progress=not args.quiet, init=init
+        )
     except (ConfigError, DataError, TrainingDiverged, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

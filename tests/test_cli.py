@@ -8,15 +8,12 @@ import sys
 import numpy as np
 import pytest
 
+from saecommon.architectures import train_step_flops
 from saecommon.cli import build_parser, run_config_from_args
 from saecommon.config import ConfigError
-from saecommon.train_config import (
-    PRESETS,
-    RunConfig,
-    TrainConfig,
-    epoch_order,
-    train_step_flops,
-)
+from saecommon.presets import PRESETS
+from saecommon.schedules import epoch_order
+from saecommon.train_config import RunConfig, TrainConfig
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

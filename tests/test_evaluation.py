@@ -17,11 +17,25 @@ import pytest
 from matplotlib.image import imread
 
 from saecommon import evaluation as ev
-from saecommon import runs
 from saecommon.checkpoint import CheckpointError, write_checkpoint
 from saecommon.config import ConfigError, SAEConfig
-from saecommon.data import DataError, Normalization
+from saecommon.data import DataError, Normalization, PreparedData
+from saecommon.metrics import (
+    BCE_EPS,
+    CodeStats,
+    activation_frequency,
+    bce_clipped,
+    bce_from_logits,
+    constant_fraction,
+    dead_fraction,
+    l0,
+    mse,
+    psnr,
+)
+from saecommon.noise import Noise
 from saecommon.plots import plot_activation_frequency
+from saecommon.probe import PROBE_MAX_ITER, fit_probe
+from saecommon.report import format_report, write_report
 from saecommon.train_config import RunConfig, TrainConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -60,7 +74,7 @@ def prepared(n_train=240, n_test=60, normalization=None, seed=0):
     test = test.reshape(n_test, 16).astype(np.float32) / 255
     if normalization is not None:
         train, test = normalization.apply(train), normalization.apply(test)
-    return runs.PreparedData(
+    return PreparedData(
         train,
         y_train,
         test,
@@ -153,24 +167,24 @@ def test_reconstruction_metrics_by_hand():
     r = np.array([[0.5, 1.0], [0.0, 0.25]])
     t = np.array([[1.0, 1.0], [0.0, 0.75]])
     # squared errors 0.25, 0, 0, 0.25 -> mean 0.125; PSNR = 10 log10(1 / 0.125)
-    assert ev.mse(r, t) == 0.125
-    assert ev.psnr(r, t) == pytest.approx(10 * math.log10(8), abs=1e-12)  # 9.0309 dB
-    assert ev.psnr(t, t) == math.inf
-    assert ev.psnr(r / 255, t / 255, data_range=1 / 255) == pytest.approx(9.0309, 1e-4)
+    assert mse(r, t) == 0.125
+    assert psnr(r, t) == pytest.approx(10 * math.log10(8), abs=1e-12)  # 9.0309 dB
+    assert psnr(t, t) == math.inf
+    assert psnr(r / 255, t / 255, data_range=1 / 255) == pytest.approx(9.0309, 1e-4)
     # from logits: softplus(0) - 0 * 0.5 = ln 2;  softplus(ln 3) - ln 3 = ln(4 / 3)
     z = np.array([0.0, math.log(3)])
-    assert ev.bce_from_logits(z, [0.5, 1.0]) == pytest.approx(
+    assert bce_from_logits(z, [0.5, 1.0]) == pytest.approx(
         (math.log(2) + math.log(4 / 3)) / 2, abs=1e-15
     )
     # clipped: p = 0.5, t = 0.5 -> ln 2; p = 0.75, t = 1 -> ln(4/3); p = 0 with t = 0
     # and p = 1 with t = 1 cost -log(1 - eps) each; p = 0 with t = 1 costs -log(eps)
     p, target = np.array([0.5, 0.75, 0.0, 1.0]), np.array([0.5, 1.0, 0.0, 1.0])
-    eps = ev.BCE_EPS
+    eps = BCE_EPS
     expected = (math.log(2) + math.log(4 / 3) - 2 * math.log(1 - eps)) / 4
-    assert ev.bce_clipped(p, target) == pytest.approx(expected, abs=1e-15)
-    assert ev.bce_clipped([0.0], [1.0]) == pytest.approx(-math.log(eps))  # 16.118
+    assert bce_clipped(p, target) == pytest.approx(expected, abs=1e-15)
+    assert bce_clipped([0.0], [1.0]) == pytest.approx(-math.log(eps))  # 16.118
     with pytest.raises(ValueError, match=r"one shape, got \(2, 2\) and \(2,\)"):
-        ev.mse(r, [1.0, 2.0])
+        mse(r, [1.0, 2.0])
 
 
 def test_sparsity_on_a_hand_built_code():
@@ -181,14 +195,48 @@ def test_sparsity_on_a_hand_built_code():
             [0.0, 1e-30, 0.0, 0.0],  # tiny but not zero: active
         ]
     )
-    np.testing.assert_array_equal(ev.activation_frequency(code), [0, 2 / 3, 0, 2 / 3])
-    assert ev.l0(code) == pytest.approx(4 / 3)  # (2 + 1 + 1) / 3 samples
-    assert ev.dead_fraction(code) == 0.5  # units 0 and 2
-    assert ev.constant_fraction(code) == 0.5  # the same two: units 1 and 3 vary
+    np.testing.assert_array_equal(activation_frequency(code), [0, 2 / 3, 0, 2 / 3])
+    assert l0(code) == pytest.approx(4 / 3)  # (2 + 1 + 1) / 3 samples
+    assert dead_fraction(code) == 0.5  # units 0 and 2
+    assert constant_fraction(code) == 0.5  # the same two: units 1 and 3 vary
     code[:, 3] = 7.0  # on for every sample, always the same: constant, not dead
-    assert ev.dead_fraction(code) == 0.5 and ev.constant_fraction(code) == 0.75
+    assert dead_fraction(code) == 0.5 and constant_fraction(code) == 0.75
     with pytest.raises(ValueError, match="code must be"):
-        ev.activation_frequency(np.zeros(4))
+        activation_frequency(np.zeros(4))
+
+
+def test_code_stats_merge_batch_by_batch_as_the_trainers_do():
+    """Per-batch statistics merged (as each trainer reduces its batches on the device)
+    give the whole code's: the counts, extremes and every metric read from them."""
+    code = np.array(
+        [
+            [0.0, 1.5, 0.5, -2.0],
+            [0.0, 0.0, 0.5, 3.0],
+            [0.0, 2.0, 0.5, 0.0],
+            [0.0, 0.0, 0.5, 1.0],
+            [0.0, 0.0, 0.5, 0.0],
+        ]
+    )
+    whole = CodeStats.of(code)
+    merged = CodeStats.of(code[:2]).merge(CodeStats.of(code[2:4]))
+    merged = merged.merge(CodeStats.of(code[4:]))  # a remainder batch of one
+    assert merged.samples == whole.samples == 5
+    np.testing.assert_array_equal(merged.active, [0, 2, 5, 3])
+    np.testing.assert_array_equal(merged.low, [0.0, 0.0, 0.5, -2.0])
+    np.testing.assert_array_equal(merged.high, [0.0, 2.0, 0.5, 3.0])
+    assert (
+        merged.metrics()
+        == whole.metrics()
+        == {
+            "l0": 10 / 5,  # 0 + 2 + 5 + 3 non-zero entries over 5 samples
+            "dead_fraction": 0.25,  # unit 0
+            "constant_fraction": 0.5,  # units 0 and 2
+        }
+    )
+    with pytest.raises(ValueError, match=">= 1 sample"):
+        CodeStats(0, np.zeros(4), np.zeros(4), np.zeros(4))
+    with pytest.raises(ValueError, match="must be \\[code\\] each"):
+        CodeStats(2, np.zeros(4), np.zeros(3), np.zeros(4))
 
 
 # --------------------------------------------------------------------------- probe
@@ -199,7 +247,7 @@ def test_probe_by_hand():
     the bias stays 0 by symmetry, and the weights are -w, +w with the stationarity
     condition l2 * w = 1 - sigmoid(2w). With l2 = 1 / (2 ln 3) the solution is
     w = ln(3) / 2: each point gets probability sigmoid(ln 3) = 3/4 of its label."""
-    probe = ev.fit_probe([[-1.0], [1.0]], [0, 1], l2=1 / (2 * math.log(3)))
+    probe = fit_probe([[-1.0], [1.0]], [0, 1], l2=1 / (2 * math.log(3)))
     np.testing.assert_allclose(
         probe.probabilities([[-1.0], [1.0]]), [[0.75, 0.25], [0.25, 0.75]], atol=1e-6
     )
@@ -217,26 +265,26 @@ def test_probe_separates_separable_data_and_is_deterministic():
     y = rng.integers(0, 3, 200)
     x = centers[y] + rng.normal(0, 0.3, (200, 5))
     x[:, 4] = 2.0  # a constant feature: standardized to 0, its weights stay 0
-    probe = ev.fit_probe(x[:150], labels[y[:150]])
+    probe = fit_probe(x[:150], labels[y[:150]])
     assert probe.accuracy(x[:150], labels[y[:150]]) == 1.0
     assert probe.accuracy(x[150:], labels[y[150:]]) == 1.0
     assert set(probe.predict(x)) == {2, 5, 7}
     np.testing.assert_array_equal(probe.weights[4], 0)
-    again = ev.fit_probe(x[:150], labels[y[:150]])
+    again = fit_probe(x[:150], labels[y[:150]])
     np.testing.assert_array_equal(again.weights, probe.weights)  # bit for bit
-    assert 0 < probe.iterations <= ev.PROBE_MAX_ITER
+    assert 0 < probe.iterations <= PROBE_MAX_ITER
 
 
 def test_probe_rejects_bad_input():
     x = np.ones((4, 2))
     with pytest.raises(DataError, match="non-finite"):
-        ev.fit_probe(np.where(np.eye(4, 2) > 0, np.nan, x), [0, 1, 0, 1])
+        fit_probe(np.where(np.eye(4, 2) > 0, np.nan, x), [0, 1, 0, 1])
     with pytest.raises(ValueError, match="at least two classes"):
-        ev.fit_probe(x, [3, 3, 3, 3])
+        fit_probe(x, [3, 3, 3, 3])
     with pytest.raises(ValueError, match=r"labels must be \[n\] = \[4\]"):
-        ev.fit_probe(x, [0, 1])
+        fit_probe(x, [0, 1])
     with pytest.raises(ConfigError, match="probe l2 must be >= 0"):
-        ev.fit_probe(x, [0, 1, 0, 1], l2=-1.0)
+        fit_probe(x, [0, 1, 0, 1], l2=-1.0)
 
 
 # --------------------------------------------------------------------------- noise
@@ -244,7 +292,7 @@ def test_probe_rejects_bad_input():
 
 def test_noise_is_numpy_seeded_and_follows_the_training_rules():
     x = np.random.default_rng(1).uniform(size=(50, 16)).astype(np.float32)
-    gauss = ev.Noise("gaussian", std=0.3, seed=7)
+    gauss = Noise("gaussian", std=0.3, seed=7)
     expected = np.clip(
         x
         + np.float32(0.3)
@@ -253,17 +301,17 @@ def test_noise_is_numpy_seeded_and_follows_the_training_rules():
         1,
     )
     np.testing.assert_array_equal(gauss.apply(x), expected)
-    masked = ev.Noise("masking", mask_fraction=0.25).apply(x)
+    masked = Noise("masking", mask_fraction=0.25).apply(x)
     zeroed = masked != x
     assert np.all(masked[zeroed] == 0)
     assert zeroed.mean() == pytest.approx(0.25, abs=0.04)
-    np.testing.assert_array_equal(masked, ev.Noise("masking").apply(x))  # seed 0
-    assert ev.Noise.of(TrainConfig()) is None
-    assert ev.Noise.of(TrainConfig(noise="masking", mask_fraction=0.5), seed=3) == (
-        ev.Noise("masking", 0.1, 0.5, 3)
+    np.testing.assert_array_equal(masked, Noise("masking").apply(x))  # seed 0
+    assert Noise.of(TrainConfig()) is None
+    assert Noise.of(TrainConfig(noise="masking", mask_fraction=0.5), seed=3) == (
+        Noise("masking", 0.1, 0.5, 3)
     )
     with pytest.raises(ConfigError, match="'gaussian' or 'masking'"):
-        ev.Noise("salt")
+        Noise("salt")
 
 
 # --------------------------------------------------------------------------- histogram
@@ -292,26 +340,26 @@ def test_evaluate_model_matches_the_forward_pass(framework):
     """Every number from evaluate_model is the formula applied to the package's own
     forward pass (float32, rtol 1e-6), the probe included."""
     weights, data = torch_weights(), prepared()
-    noise = ev.Noise("gaussian", std=0.2)
+    noise = Noise("gaussian", std=0.2)
     result = evaluate(framework, weights, MODEL, data, noise=noise, batch_size=25)
     m = result.metrics
     recon, logits, code = forward(framework, weights, MODEL, data.test)
     assert m["mse"] == pytest.approx(np.mean((recon - data.test) ** 2), rel=1e-6)
     assert m["psnr"] == pytest.approx(-10 * np.log10(m["mse"]), rel=1e-12)
-    assert m["bce"] == pytest.approx(ev.bce_from_logits(logits, data.test), rel=1e-6)
+    assert m["bce"] == pytest.approx(bce_from_logits(logits, data.test), rel=1e-6)
     assert result.info["bce_from"] == "logits"
-    assert m["l0"] == ev.l0(code) and 0 < m["l0"] <= 3  # top-3 of relu codes
-    assert m["dead_fraction"] == ev.dead_fraction(code)
-    assert m["constant_fraction"] == ev.constant_fraction(code)
+    assert m["l0"] == l0(code) and 0 < m["l0"] <= 3  # top-3 of relu codes
+    assert m["dead_fraction"] == dead_fraction(code)
+    assert m["constant_fraction"] == constant_fraction(code)
     np.testing.assert_array_equal(
-        result.activation_frequency, ev.activation_frequency(code)
+        result.activation_frequency, activation_frequency(code)
     )
     noisy = noise.apply(data.test)
     denoised = forward(framework, weights, MODEL, noisy)[0]
-    assert m["noisy_psnr"] == pytest.approx(ev.psnr(noisy, data.test), rel=1e-12)
-    assert m["denoised_psnr"] == pytest.approx(ev.psnr(denoised, data.test), rel=1e-6)
+    assert m["noisy_psnr"] == pytest.approx(psnr(noisy, data.test), rel=1e-12)
+    assert m["denoised_psnr"] == pytest.approx(psnr(denoised, data.test), rel=1e-6)
     train_code = forward(framework, weights, MODEL, data.train)[2]
-    probe = ev.fit_probe(train_code, data.train_labels)
+    probe = fit_probe(train_code, data.train_labels)
     assert m["probe_accuracy"] == probe.accuracy(code, data.test_labels)
     assert m["pixel_probe_accuracy"] == 1.0  # the clusters are linearly separable
     assert m["pixel_probe_train_accuracy"] == 1.0
@@ -330,12 +378,12 @@ def test_normalized_models_are_scored_in_pixel_space(framework):
         np.mean((recon - data.test) ** 2) * 0.4**2, 1e-5
     )
     assert result.info["bce_from"].startswith("clipped")
-    assert result.metrics["bce"] == pytest.approx(ev.bce_clipped(pixels, target), 1e-6)
+    assert result.metrics["bce"] == pytest.approx(bce_clipped(pixels, target), 1e-6)
     assert "probe_accuracy" not in result.metrics and "n_train" not in result.info
 
 
 def test_the_report_of_a_2d_code(tmp_path):
-    """write_evaluation adds the scatter of every test code for a 2-D code, and
+    """write_report adds the scatter of every test code for a 2-D code, and
     metrics.json and the table hold the numbers of the Evaluation."""
     import torchsae
     from torchsae.evaluation import evaluate_model
@@ -346,7 +394,7 @@ def test_the_report_of_a_2d_code(tmp_path):
         torchsae.from_state_dict(weights, config), data, probe=False
     )
     source = ev.Source(weights, RunConfig(config, TrainConfig()))
-    paths = ev.write_evaluation(tmp_path, result, data, source)
+    paths = write_report(tmp_path, result, data, source)
     assert [p.name for p in paths] == [
         "metrics.json",
         "reconstructions.png",
@@ -360,7 +408,7 @@ def test_the_report_of_a_2d_code(tmp_path):
     assert report["metrics"] == result.metrics
     assert report["checkpoint"] is None and report["code_dim"] == 2
     assert result.metrics["l0"] == 2.0 and result.metrics["dead_fraction"] == 0.0
-    table = ev.format_report(result, source)
+    table = format_report(result, source)
     assert f"mse                {result.metrics['mse']:.6f}" in table
     assert "l0                    2.000  active units per sample, of 2" in table
     assert "constant fraction    0.0000  0 of 2 take one value on every input" in table

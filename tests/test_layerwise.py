@@ -16,11 +16,13 @@ from test_cli import ROOT
 from test_data import write_idx
 
 from conftest import synthetic_data
-from saecommon import layerwise, plots, runs
+from saecommon import frameworks, layerwise, plots, rundir
 from saecommon.checkpoint import CheckpointError, read_checkpoint, write_checkpoint
 from saecommon.config import ConfigError, SAEConfig
 from saecommon.data import IDX_FILES
-from saecommon.train_config import PRESETS, RunConfig, TrainConfig
+from saecommon.presets import PRESETS
+from saecommon.progress import EpochProgress
+from saecommon.train_config import RunConfig, TrainConfig
 
 MODEL = SAEConfig(
     input_dim=16,
@@ -47,11 +49,7 @@ RUN = RunConfig(
 
 
 def pretrainer(framework):
-    if framework == "jax":
-        from jaxsae.layerwise import pretrain
-    else:
-        from torchsae.layerwise import pretrain
-    return pretrain
+    return frameworks.load(framework, "cpu").pretrain
 
 
 @pytest.fixture(autouse=True)
@@ -170,7 +168,7 @@ def test_frozen_layers_stay_bit_identical_and_have_no_optimizer_state(
                 np.testing.assert_array_equal(
                     after[f"{layer}.{leaf}"], before[f"{source}.{leaf}"]
                 )
-        arrays, _ = runs.read_train_state(tmp_path / stage.name / runs.TRAIN_STATE)
+        arrays, _ = rundir.read_train_state(tmp_path / stage.name / rundir.TRAIN_STATE)
         optimizer_keys = [k for k in arrays if "opt" in k and ("mu" in k or "exp" in k)]
         if framework == "jax":  # moments exist for the trained layers only
             layers_with_state = {
@@ -270,7 +268,7 @@ def test_resume_after_a_kill_mid_stage_ends_with_the_same_weights(
     data = synthetic_data()
     pretrain(run, tmp_path / "straight", data=data, progress=False)
 
-    original = runs.Progress.update
+    original = EpochProgress.update
     seen = []
 
     def kill_in_stage_2(self, row):
@@ -279,10 +277,10 @@ def test_resume_after_a_kill_mid_stage_ends_with_the_same_weights(
         if len(seen) == 3:  # stage-1's epoch, then stage-2's second epoch
             raise Killed
 
-    monkeypatch.setattr(runs.Progress, "update", kill_in_stage_2)
+    monkeypatch.setattr(EpochProgress, "update", kill_in_stage_2)
     with pytest.raises(Killed):
         pretrain(run, tmp_path / "killed", data=data, progress=False)
-    monkeypatch.setattr(runs.Progress, "update", original)
+    monkeypatch.setattr(EpochProgress, "update", original)
     stage_1 = tmp_path / "killed" / "stage-1" / "model.safetensors"
     mtime = stage_1.stat().st_mtime_ns
     metrics = (tmp_path / "killed" / "stage-2" / "metrics.jsonl").read_text()

@@ -370,7 +370,7 @@ def test_dictionary_near_square_grid(tmp_path, code, grid):
 
 
 def test_dictionary_non_image_columns(tmp_path):
-    # runs.finish_run falls back to image_shape=(input_dim, 1) for non-image data
+    # plots.picture_shape falls back to (input_dim, 1) for non-image data
     rgb = read_png(
         plots.plot_dictionary(np.ones((5, 300)), tmp_path / "d.png", (300, 1))
     )

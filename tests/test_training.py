@@ -11,10 +11,14 @@ import torch
 from safetensors.numpy import load_file
 
 from conftest import synthetic_data
-from saecommon import runs
+from saecommon import data as data_layer
+from saecommon import frameworks, recorder
+from saecommon.checkpoint import CheckpointError
 from saecommon.config import SAEConfig
 from saecommon.data import DataError
-from saecommon.train_config import Plateau, RunConfig, TrainConfig, cosine_lr
+from saecommon.progress import EpochProgress
+from saecommon.schedules import Plateau, cosine_lr
+from saecommon.train_config import RunConfig, TrainConfig
 
 MODEL = SAEConfig(
     input_dim=16,
@@ -29,11 +33,7 @@ MODEL = SAEConfig(
 
 
 def trainer(name):
-    if name == "jax":
-        from jaxsae.training import train
-    else:
-        from torchsae.training import train
-    return train
+    return frameworks.load(name, "cpu").train
 
 
 @pytest.fixture(params=["jax", "torch"])
@@ -117,17 +117,17 @@ def test_resume_after_a_kill_ends_with_the_same_weights(
     train = trainer(framework)
     train(run, tmp_path / "straight", data=data, progress=False)
 
-    original = runs.Progress.update
+    original = EpochProgress.update
 
     def kill_after_epoch_2(self, row):
         original(self, row)
         if row["epoch"] == 2:
             raise Killed
 
-    monkeypatch.setattr(runs.Progress, "update", kill_after_epoch_2)
+    monkeypatch.setattr(EpochProgress, "update", kill_after_epoch_2)
     with pytest.raises(Killed):
         train(run, tmp_path / "killed", data=data, progress=True)
-    monkeypatch.setattr(runs.Progress, "update", original)
+    monkeypatch.setattr(EpochProgress, "update", original)
     assert len((tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()) == 2
     history = train(run, tmp_path / "killed", data=data, progress=False, resume=True)
 
@@ -141,19 +141,32 @@ def test_resume_after_a_kill_ends_with_the_same_weights(
     ]
 
 
+def test_a_batch_larger_than_the_training_set_is_refused_before_anything(
+    framework, tmp_path
+):
+    data = synthetic_data()  # 320 training samples
+    with pytest.raises(
+        ValueError, match=r"batch_size 512 is larger than the training set \(320\)"
+    ):
+        trainer(framework)(
+            run_config(batch_size=512, schedule="cosine"), tmp_path / "run", data=data
+        )
+    assert not (tmp_path / "run").exists()
+
+
 def test_resume_refuses_another_config_or_framework(framework, tmp_path):
     data = synthetic_data()
     trainer(framework)(run_config(epochs=1), tmp_path, data=data, progress=False)
-    with pytest.raises(runs.CheckpointError, match="another config; only --epochs"):
+    with pytest.raises(CheckpointError, match="another config; only --epochs"):
         trainer(framework)(
             run_config(epochs=2, seed=4), tmp_path, data=data, resume=True
         )
     other = "torch" if framework == "jax" else "jax"
     with pytest.raises(
-        runs.CheckpointError, match=f"resume it with --framework {framework}"
+        CheckpointError, match=f"resume it with --framework {framework}"
     ):
         trainer(other)(run_config(epochs=2), tmp_path, data=data, resume=True)
-    with pytest.raises(runs.CheckpointError, match="nothing to resume"):
+    with pytest.raises(CheckpointError, match="nothing to resume"):
         trainer(framework)(run_config(), tmp_path / "empty", data=data, resume=True)
 
 
@@ -164,7 +177,7 @@ def test_a_nan_loss_stops_and_keeps_the_last_good_checkpoint(
     trainer(framework)(
         run_config(epochs=1), tmp_path / "one", data=data, progress=False
     )
-    original = runs.epoch_means
+    original = recorder.epoch_means
 
     def nan_in_epoch_2(step_metrics, epoch, prefix="train"):
         if epoch == 1:
@@ -172,9 +185,9 @@ def test_a_nan_loss_stops_and_keeps_the_last_good_checkpoint(
             step_metrics["loss"][6] = np.nan
         return original(step_metrics, epoch, prefix)
 
-    monkeypatch.setattr(runs, "epoch_means", nan_in_epoch_2)
+    monkeypatch.setattr(recorder, "epoch_means", nan_in_epoch_2)
     with pytest.raises(
-        runs.TrainingDiverged, match="became nan at epoch 2, step 7 of 10"
+        recorder.TrainingDiverged, match="became nan at epoch 2, step 7 of 10"
     ):
         trainer(framework)(run_config(), tmp_path / "nan", data=data, progress=False)
     assert len((tmp_path / "nan" / "metrics.jsonl").read_text().splitlines()) == 1
@@ -194,7 +207,7 @@ def test_a_real_divergence_is_caught(framework, tmp_path):
         output_activation="identity",
     )
     run = RunConfig(linear, run_config(optimizer="sgd", learning_rate=1e30).train)
-    with pytest.raises(runs.TrainingDiverged, match="at epoch 1, step"):
+    with pytest.raises(recorder.TrainingDiverged, match="at epoch 1, step"):
         trainer(framework)(run, tmp_path, data=synthetic_data(), progress=False)
     assert not (tmp_path / "model.safetensors").exists()
 
@@ -250,18 +263,16 @@ def test_noise(framework, noise):
 
 
 def test_data_of_the_wrong_width_is_a_clear_error(monkeypatch):
-    from saecommon import data as data_module
-
-    fake = data_module.Dataset(
+    fake = data_layer.Dataset(
         "fake",
         np.zeros((10, 5, 5), np.uint8),
         np.zeros(10, np.int64),
         np.zeros((4, 5, 5), np.uint8),
         np.zeros(4, np.int64),
     )
-    monkeypatch.setattr(runs, "load_dataset", lambda spec: fake)
+    monkeypatch.setattr(data_layer, "load_dataset", lambda spec: fake)
     with pytest.raises(DataError, match=r"25 pixels per sample .* input_dim is 16"):
-        runs.prepare_data(RunConfig(MODEL, TrainConfig()))
+        data_layer.prepare_data(RunConfig(MODEL, TrainConfig()))
 
 
 @pytest.mark.parametrize("architecture", ["conv", "fullconv"])
@@ -269,7 +280,7 @@ def test_conv_architectures_train(framework, architecture, tmp_path):
     rng = np.random.default_rng(0)
     x = rng.uniform(size=(96, 784)).astype(np.float32)
     y = rng.integers(0, 10, 96)
-    data = runs.PreparedData(
+    data = data_layer.PreparedData(
         x[:64], y[:64], x[64:], y[64:], x[64:], y[64:], (0.0, 1.0), (28, 28), None, True
     )
     model = SAEConfig(
@@ -349,7 +360,7 @@ def test_tied_weights_are_updated_once(framework):
         from torchsae import training as tt
 
         model = torchsae.from_state_dict(sd, cfg)
-        opt = tt.make_optimizer(tcfg, 1, model.parameters())
+        opt = tt.make_optimizer(tcfg, model.parameters())
         metrics = tt.make_train_step(cfg, tcfg, model, opt)(
             torch.from_numpy(x), torch.Generator(), 0
         )
@@ -367,7 +378,7 @@ def test_a_collapsed_code_is_reported(framework, tmp_path):
 
     init = init_state_dict(MODEL, 0)
     init["encoder.1.bias"] = np.full_like(init["encoder.1.bias"], -100.0)  # ReLU: dead
-    with pytest.warns(runs.DeadCodeWarning, match="collapsed at epoch 1") as caught:
+    with pytest.warns(recorder.DeadCodeWarning, match="collapsed at epoch 1") as caught:
         history = trainer(framework)(
             run_config(epochs=2),
             tmp_path,
@@ -389,7 +400,7 @@ def test_a_code_left_constant_by_a_dead_inner_layer_is_reported(framework, tmp_p
     init = init_state_dict(model, 0)
     init["encoder.0.bias"] = np.full_like(init["encoder.0.bias"], -100.0)
     init["encoder.1.bias"] = np.full_like(init["encoder.1.bias"], 1.0)
-    with pytest.warns(runs.DeadCodeWarning, match="an inner layer died") as caught:
+    with pytest.warns(recorder.DeadCodeWarning, match="an inner layer died") as caught:
         history = trainer(framework)(
             RunConfig(model, run_config(epochs=2).train),
             tmp_path,
@@ -415,19 +426,19 @@ def test_evaluation_counts_dead_and_constant_units_by_hand(framework):
     data = synthetic_data().test[:70]  # two batches of 32 and a remainder of 6
     if framework == "jax":
         import jaxsae
-        from jaxsae.training import make_evaluate
+        from jaxsae.training import make_eval_metrics
 
-        metrics = make_evaluate(model, 32)(jaxsae.from_state_dict(sd, model), data)
-        looped = make_evaluate(model, 32, loop=True)(
+        metrics = make_eval_metrics(model, 32)(jaxsae.from_state_dict(sd, model), data)
+        looped = make_eval_metrics(model, 32, loop=True)(
             jaxsae.from_state_dict(sd, model), data
         )
         assert looped == pytest.approx(metrics, rel=1e-6)
     else:
         import torchsae
-        from torchsae.training import evaluate
+        from torchsae.training import eval_metrics
 
         model_ = torchsae.from_state_dict(sd, model)
-        metrics = evaluate(model_, torch.from_numpy(data), 32)
+        metrics = eval_metrics(model_, torch.from_numpy(data), 32)
     assert metrics["dead_fraction"] == 1 / 6
     assert metrics["constant_fraction"] == 2 / 6
 
@@ -453,7 +464,9 @@ def test_the_host_loop_computes_what_the_scan_does():
             state = jt.TrainState(fresh, opt.init(fresh), jnp.zeros((), jnp.int32))
             epoch = jt.make_train_epoch(step, 32, loop=loop)
             state, metrics = epoch(state, data, jax.random.key(7), order)
-            evaluated = jt.make_evaluate(MODEL, 30, loop=loop)(state.params, data[:70])
+            evaluated = jt.make_eval_metrics(MODEL, 30, loop=loop)(
+                state.params, data[:70]
+            )
             results[loop, order is None] = (state, metrics, evaluated)
     for own_order in (True, False):
         (a, ma, ea), (b, mb, eb) = results[False, own_order], results[True, own_order]

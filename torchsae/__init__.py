@@ -16,13 +16,13 @@ from torchsae.models import (
     AutoencoderOutput,
     activate,
     check_input,
-    sparsity_mask,
 )
 from torchsae.penalties import kl_divergence, kl_penalty, l1_penalty, sparsity_penalty
 from torchsae.sparsity import (
     apply_mask,
     lifetime_topk,
     lifetime_topk_mask,
+    sparsity_mask,
     topk,
     topk_mask,
 )

@@ -1,6 +1,7 @@
 """Evaluation of a torchsae model: the forward pass over a dataset in evaluation mode.
 
-Everything else (metrics, probe, noise, report) is saecommon.evaluation's, shared with
+Everything else (what is measured, the formulas, the probe, the noise, the report)
+is saecommon's (evaluation.py and the modules it names), shared with
 jaxsae.evaluation, which has the same public names.
 """
 
@@ -13,9 +14,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from saecommon import evaluation, runs
+from saecommon import evaluation
 from saecommon.config import check_int
-from saecommon.evaluation import Encoded, Evaluation, Noise
+from saecommon.data import PreparedData
+from saecommon.evaluation import Encoded, Evaluation, Source
+from saecommon.noise import NOISE_SEED, Noise
 from torchsae.checkpoint import from_state_dict
 from torchsae.models import Autoencoder
 
@@ -50,7 +53,7 @@ def encode(
 
 def evaluate_model(
     model: Autoencoder,
-    data: runs.PreparedData,
+    data: PreparedData,
     *,
     probe: bool = True,
     noise: Noise | None = None,
@@ -79,11 +82,11 @@ def evaluate_checkpoint(
     *,
     overrides: Mapping[str, Any] | None = None,
     probe: bool = True,
-    noise_seed: int = evaluation.NOISE_SEED,
+    noise_seed: int = NOISE_SEED,
     batch_size: int | None = None,
     progress: bool = True,
     device: str = "cpu",
-) -> tuple[Evaluation, evaluation.Source, str]:
+) -> tuple[Evaluation, Source, str]:
     """Evaluate a run directory or checkpoint file on its run's data (with its run's
     noise if it is a denoising run) and write metrics.json and the pictures to
     ``out_dir`` (default: eval-torch beside the checkpoint); ``overrides`` replace

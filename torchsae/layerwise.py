@@ -10,7 +10,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from saecommon import layerwise, runs
+from saecommon import layerwise
+from saecommon.data import PreparedData
 from saecommon.train_config import RunConfig
 from torchsae.training import init_state_dict, train
 
@@ -20,7 +21,7 @@ def pretrain(
     out_dir: str | os.PathLike,
     *,
     resume: bool = False,
-    data: runs.PreparedData | None = None,
+    data: PreparedData | None = None,
     progress: bool = True,
     init: Mapping[str, np.ndarray] | None = None,
     device: str = "cpu",

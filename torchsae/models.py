@@ -1,9 +1,12 @@
-"""The fully connected sparse autoencoder as a torch ``nn.Module``.
+"""The sparse autoencoder as a torch ``nn.Module``, in its three architectures: mlp
+(fully connected, any depth), conv and fullconv (the convolutional layers of
+saecommon/architectures.py).
 
-``state_dict`` names are ``encoder.{i}.weight`` [out, in], ``encoder.{i}.bias``,
-``decoder.{i}.weight``/``.bias``; a tied decoder layer has only a bias and uses its
+``state_dict`` names are ``encoder.{i}.weight``/``.bias`` and ``decoder.{i}.weight``/
+``.bias`` in torch's layouts (Linear [out, in], Conv2d [out, in, kh, kw],
+ConvTranspose2d [in, out, kh, kw]); a tied decoder layer has only a bias and uses its
 mirror encoder weight transposed. These names and layouts are the portable checkpoint
-format. Initialisation is torch's ``nn.Linear`` default, U(-1/sqrt(fan_in),
+format. Initialisation is torch's default for each layer, U(-1/sqrt(fan_in),
 1/sqrt(fan_in)) for weight and bias, drawn from ``generator`` when one is given.
 """
 
@@ -18,7 +21,7 @@ from torch import nn
 
 from saecommon.architectures import CODE_SHAPES, IMAGE_SHAPE, Layer, layers
 from saecommon.config import SAEConfig
-from torchsae.sparsity import apply_mask, lifetime_topk_mask, topk_mask
+from torchsae.sparsity import apply_mask, sparsity_mask
 
 
 class AutoencoderOutput(NamedTuple):
@@ -44,20 +47,6 @@ def activate(x: torch.Tensor, name: str, negative_slope: float = 0.01) -> torch.
     if name == "identity":
         return x
     raise ValueError(f"unknown activation {name!r}")
-
-
-def sparsity_mask(code: torch.Tensor, config: SAEConfig, train: bool) -> torch.Tensor:
-    """Bool [batch, code]: per-sample top-k, then lifetime top-k of what it kept (the
-    lifetime layer acts in training only)."""
-    mask = torch.ones(code.shape, dtype=torch.bool, device=code.device)
-    if config.topk is not None:
-        mask = topk_mask(code, config.topk)
-        code = torch.where(
-            mask, code, torch.zeros((), dtype=code.dtype, device=code.device)
-        )
-    if train and (config.lifetime_k is not None or config.lifetime_rate is not None):
-        mask = mask & lifetime_topk_mask(code, config.lifetime_k, config.lifetime_rate)
-    return mask
 
 
 def check_input(x: torch.Tensor, config: SAEConfig) -> None:

@@ -36,6 +36,12 @@ def kl_penalty(
     check_rho(rho)
     if reduction not in REDUCTIONS:
         raise ValueError(f"unknown reduction {reduction!r}; expected sum or mean")
+    return _kl_penalty(code, rho, weight, reduction, eps)
+
+
+def _kl_penalty(code, rho, weight, reduction, eps):
+    """:func:`kl_penalty` without its checks (the model's path, from a validated
+    config)."""
     rho_hat = code.mean(dim=0).clamp(eps, 1 - eps)
     kl = kl_divergence(rho, rho_hat)
     return weight * (kl.sum() if reduction == "sum" else kl.mean())
@@ -48,8 +54,8 @@ def sparsity_penalty(
     if config.penalty == "l1":
         layers = hiddens if config.l1_layers == "hidden" else (code,)
         return l1_penalty(layers, config.penalty_weight)
-    if config.penalty == "kl":
-        return kl_penalty(
+    if config.penalty == "kl":  # config validated rho and the reduction
+        return _kl_penalty(
             code,
             config.kl_rho,
             config.penalty_weight,

@@ -9,14 +9,15 @@ can leak in.
 
 ``apply_mask`` is the one ``torch.autograd.Function``: its backward passes the incoming
 gradient through the kept entries only. ``topk`` and ``lifetime_topk`` are
-mask-then-apply.
+mask-then-apply; ``sparsity_mask`` is the model's rule (top-k, then lifetime top-k in
+training).
 """
 
 from __future__ import annotations
 
 import torch
 
-from saecommon.config import check_topk, resolve_lifetime_k
+from saecommon.config import SAEConfig, check_topk, lifetime_count, resolve_lifetime_k
 
 
 def _first_k_mask(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -43,7 +44,10 @@ def lifetime_topk_mask(
     Give ``k`` (clamped to the batch) or ``rate`` (k = ceil(rate * batch)).
     """
     _check_2d(x)
-    k = resolve_lifetime_k(x.shape[0], k, rate)
+    return _lifetime_mask(x, resolve_lifetime_k(x.shape[0], k, rate))
+
+
+def _lifetime_mask(x: torch.Tensor, k: int) -> torch.Tensor:
     return _first_k_mask(x.T, k).T
 
 
@@ -63,8 +67,31 @@ class _ApplyMask(torch.autograd.Function):
 
 
 def apply_mask(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """x where mask, else 0; the gradient flows through the kept entries only."""
+    """x where mask, else 0; the gradient flows through the kept entries only.
+
+    Today the custom backward gives what autodiff of ``torch.where`` gives; it is
+    written out so that every sparsity layer's gradient is this one function, stated
+    once and checked against jaxsae's twin, and so that a layer whose backward
+    differs from the forward's autodiff (a sparse decoder gradient, a straight-through
+    estimator) has its place to go."""
     return _ApplyMask.apply(x, mask)
+
+
+def sparsity_mask(code: torch.Tensor, config: SAEConfig, train: bool) -> torch.Tensor:
+    """Bool [batch, code]: per-sample top-k, then lifetime top-k of what it kept (the
+    lifetime layer acts in training only). The model's own path: ``config`` was
+    validated when it was built, so nothing is checked again here (``topk_mask`` and
+    ``lifetime_topk_mask`` check their arguments)."""
+    mask = torch.ones(code.shape, dtype=torch.bool, device=code.device)
+    if config.topk is not None:
+        mask = _first_k_mask(code, config.topk)
+        code = torch.where(
+            mask, code, torch.zeros((), dtype=code.dtype, device=code.device)
+        )
+    if train and (config.lifetime_k is not None or config.lifetime_rate is not None):
+        k = lifetime_count(code.shape[0], config.lifetime_k, config.lifetime_rate)
+        mask = mask & _lifetime_mask(code, k)
+    return mask
 
 
 def topk(x: torch.Tensor, k: int) -> torch.Tensor:

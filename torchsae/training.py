@@ -18,25 +18,30 @@ from collections.abc import Callable, Collection, Mapping
 import numpy as np
 import torch
 
-from saecommon import runs
 from saecommon.checkpoint import CheckpointError, check_frozen, check_state_dict
 from saecommon.config import SAEConfig
-from saecommon.train_config import RunConfig, TrainConfig, cosine_lr, epoch_order
+from saecommon.data import PreparedData, prepare_data
+from saecommon.metrics import CodeStats
+from saecommon.recorder import RunRecorder, check_batch_size
+from saecommon.schedules import cosine_lr, epoch_order
+from saecommon.train_config import RunConfig, TrainConfig
 from torchsae.checkpoint import save_checkpoint, to_state_dict
+from torchsae.evaluation import encode
 from torchsae.losses import loss_terms
 from torchsae.models import Autoencoder
 
 FRAMEWORK = "torch"
-METRIC_KEYS = ("recon", "penalty", "loss", "l0")
+LOSS_KEYS = ("recon", "penalty", "loss")
+"""The loss terms (``loss_terms``) recorded per step and per evaluated split."""
+METRIC_KEYS = (*LOSS_KEYS, "l0")
+"""The per-step training metrics, in the order ``train_step`` stacks them."""
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
     return seed * 1_000_003 + epoch + 1
 
 
-def make_optimizer(
-    tcfg: TrainConfig, steps_per_epoch: int, params
-) -> torch.optim.Optimizer:
+def make_optimizer(tcfg: TrainConfig, params) -> torch.optim.Optimizer:
     """Adam / AdamW / SGD with momentum, matching jaxsae's optax choices (cosine decay is
     applied per step by the trainer, reduce-on-plateau per epoch)."""
     params = list(params)
@@ -123,7 +128,7 @@ def train_epoch(
     """One shuffled pass (``order`` [n] if given, else drawn from ``generator``; or
     the data in order); returns per-step metrics as numpy arrays [steps]."""
     steps = data.shape[0] // batch_size
-    if order is not None:  # drawn by numpy (saecommon.train_config.epoch_order)
+    if order is not None:  # drawn by numpy (saecommon.schedules.epoch_order)
         order = torch.from_numpy(order).to(data.device)
     elif shuffle:
         order = torch.randperm(data.shape[0], generator=generator, device=data.device)
@@ -138,35 +143,37 @@ def train_epoch(
 
 
 @torch.no_grad()
-def evaluate(
+def eval_metrics(
     model: Autoencoder, data: torch.Tensor, batch_size: int
 ) -> dict[str, float]:
-    """Metrics over every sample, in evaluation mode (no lifetime top-k, no noise), as in
-    jaxsae: recon, penalty, loss, l0 averaged over samples (penalties per batch of
-    ``batch_size``, weighted by its size); dead_fraction = share of code units that are
-    zero on every sample, constant_fraction = share that take one value on every
-    sample (dead units among them)."""
+    """The per-epoch metrics of a split, over every sample in evaluation mode (no
+    lifetime top-k, no noise), as in jaxsae: recon, penalty and loss are means over
+    samples (penalties per batch of ``batch_size``, weighted by its size); l0,
+    dead_fraction and constant_fraction are ``saecommon.metrics.CodeStats``'s, from
+    per-unit statistics reduced batch by batch on the device."""
     config = model.config
     n = data.shape[0]
-    sums = torch.zeros(len(METRIC_KEYS), dtype=torch.float64, device=data.device)
-    alive = torch.zeros(config.code_dim, dtype=torch.bool, device=data.device)
-    lo = torch.full((config.code_dim,), torch.inf, device=data.device)
-    hi = torch.full((config.code_dim,), -torch.inf, device=data.device)
+    sums = torch.zeros(len(LOSS_KEYS), dtype=torch.float64, device=data.device)
+    # per unit: samples active, lowest value, highest value
+    active = torch.zeros(config.code_dim, dtype=torch.int64, device=data.device)
+    low = torch.full(
+        (config.code_dim,), torch.inf, dtype=data.dtype, device=data.device
+    )
+    high = torch.full(
+        (config.code_dim,), -torch.inf, dtype=data.dtype, device=data.device
+    )
     for start in range(0, n, batch_size):
         x = data[start : start + batch_size]
         out = model(x, train=False)
         terms = loss_terms(out, x, config)
-        active = out.code != 0
-        l0 = active.sum(dim=1).to(x.dtype).mean()
-        row = torch.stack([terms["recon"], terms["penalty"], terms["loss"], l0])
-        sums += row.double() * x.shape[0]
-        alive |= active.any(dim=0)
-        lo = torch.minimum(lo, out.code.amin(dim=0))
-        hi = torch.maximum(hi, out.code.amax(dim=0))
-    out = {k: float(v) / n for k, v in zip(METRIC_KEYS, sums.cpu().tolist())}
-    out["dead_fraction"] = float((~alive).double().mean())
-    out["constant_fraction"] = float((lo == hi).double().mean())
-    return out
+        sums += torch.stack([terms[k] for k in LOSS_KEYS]).double() * x.shape[0]
+        active += (out.code != 0).sum(dim=0)
+        low = torch.minimum(low, out.code.amin(dim=0))
+        high = torch.maximum(high, out.code.amax(dim=0))
+    metrics = {k: float(v) / n for k, v in zip(LOSS_KEYS, sums.cpu().tolist())}
+    stats = CodeStats(n, *(t.cpu().numpy() for t in (active, low, high)))
+    metrics.update(stats.metrics())
+    return metrics
 
 
 def init_state_dict(config: SAEConfig, seed: int) -> dict[str, np.ndarray]:
@@ -205,7 +212,7 @@ def train(
     out_dir: str | os.PathLike,
     *,
     resume: bool = False,
-    data: runs.PreparedData | None = None,
+    data: PreparedData | None = None,
     progress: bool = True,
     init: Mapping[str, np.ndarray] | None = None,
     frozen: Collection[str] = (),
@@ -222,7 +229,8 @@ def train(
     left out of the optimizer, so they get no update, no weight decay and no state."""
     mcfg, tcfg = run.model, run.train
     check_frozen(frozen, mcfg)
-    data = runs.prepare_data(run) if data is None else data
+    data = prepare_data(run) if data is None else data
+    check_batch_size(tcfg, data)
     steps_per_epoch = len(data.train) // tcfg.batch_size
     total_steps = tcfg.epochs * steps_per_epoch
     model = Autoencoder(mcfg, generator=torch.Generator().manual_seed(tcfg.seed)).to(
@@ -238,11 +246,11 @@ def train(
         param.requires_grad_(name.rsplit(".", 1)[0] not in frozen)
         if param.requires_grad:
             trained.append(param)
-    optimizer = make_optimizer(tcfg, steps_per_epoch, trained)
+    optimizer = make_optimizer(tcfg, trained)
     train_step = make_train_step(
         mcfg, tcfg, model, optimizer, data.pixel_range, total_steps, compile
     )
-    recorder = runs.RunRecorder(
+    recorder = RunRecorder(
         run, out_dir, FRAMEWORK, data, resume=resume, progress=progress
     )
     if recorder.resumed is not None:
@@ -281,7 +289,7 @@ def train(
                 epoch,
                 lr,
                 step_metrics,
-                lambda split: evaluate(model, eval_x[split], tcfg.eval_batch_size),
+                lambda split: eval_metrics(model, eval_x[split], tcfg.eval_batch_size),
             )
             new_lr = recorder.next_lr(row, lr)
             for group in optimizer.param_groups:
@@ -296,13 +304,8 @@ def train(
     finally:
         recorder.close()
     model.eval()
-    recorder.finish(lambda x: _forward(model, x, device), to_state_dict(model))
+    recorder.finish(
+        lambda x: encode(model, x, batch_size=tcfg.eval_batch_size),
+        to_state_dict(model),
+    )
     return recorder.history
-
-
-@torch.no_grad()
-def _forward(
-    model: Autoencoder, x: np.ndarray, device
-) -> tuple[np.ndarray, np.ndarray]:
-    out = model(torch.from_numpy(x).to(device), train=False)
-    return out.reconstruction.cpu().numpy(), out.code.cpu().numpy()

@@ -1,28 +1,28 @@
-"""Published results and how to reproduce them: one entry per result, written once for
-both packages (``scripts/reproduce.py`` trains, evaluates and compares).
+"""The reproduction catalogue: one entry per published result, written once for both
+packages, and how a measured result is compared with it (``scripts/reproduce.py``
+trains, evaluates, stores the results and writes the README's table).
 
 An entry holds the published hyperparameters as a RunConfig, the published figures,
 what we measure against each of them, and the ways our evaluation differs from the
-publication's. Results are stored as JSON (``RESULTS_DIR/<entry>-<framework>.json``)
-and the README's results table is generated from those files (``results_table``).
+publication's. A result is stored as JSON (``<results_dir>/<entry>-<framework>.json``);
+:func:`results_table` renders stored results as Markdown. Nothing here chooses where
+results go: the caller names the folder.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import pathlib
-import re
 from collections.abc import Mapping
 
 from saecommon.config import SAEConfig
-from saecommon.evaluation import bce_from_logits, to_pixels
-from saecommon.train_config import PRESETS, RunConfig, TrainConfig
+from saecommon.data import PreparedData, load_dataset
+from saecommon.metrics import bce_from_logits
+from saecommon.presets import PRESETS
+from saecommon.train_config import RunConfig, TrainConfig
 
-RESULTS_DIR = pathlib.Path(__file__).resolve().parents[1] / "docs" / "reproduce"
-README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
-TABLE_START = "<!-- reproduce:start (scripts/reproduce.py --table writes this) -->"
-TABLE_END = "<!-- reproduce:end -->"
 AGREEMENT = 0.02
 """The goal for jaxsae vs torchsae: within 2% of each other (relative; for shares
 such as accuracies and the dead fraction, within 2 percentage points)."""
@@ -187,7 +187,9 @@ ENTRIES: dict[str, Entry] = {
 }
 
 
-def measure(entry: Entry, history: list[dict], evaluation, data) -> dict[str, float]:
+def measure(
+    entry: Entry, history: list[dict], evaluation, data: PreparedData
+) -> dict[str, float]:
     """Every figure an entry can report, from the run's history and its evaluation
     (``saecommon.evaluation.Evaluation`` on ``data``, the run's prepared data)."""
     last = history[-1]
@@ -199,25 +201,27 @@ def measure(entry: Entry, history: list[dict], evaluation, data) -> dict[str, fl
         "test_bce": evaluation.metrics.get("bce"),
     }
     if entry.run.model.output_activation == "sigmoid" and data.normalization is None:
-        clean = to_pixels(data, data.test[:1200])
+        clean = data.to_pixels(data.test[:1200])
         measured["test_bce_1200"] = bce_from_logits(
             evaluation.test.logits[:1200], clean
         )
     return {k: float(v) for k, v in measured.items() if v is not None}
 
 
-def result_path(entry: str, framework: str, results_dir=RESULTS_DIR) -> pathlib.Path:
+def result_path(
+    entry: str, framework: str, results_dir: str | os.PathLike
+) -> pathlib.Path:
     return pathlib.Path(results_dir) / f"{entry}-{framework}.json"
 
 
-def write_result(result: dict, results_dir=RESULTS_DIR) -> pathlib.Path:
+def write_result(result: dict, results_dir: str | os.PathLike) -> pathlib.Path:
     path = result_path(result["entry"], result["framework"], results_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
     return path
 
 
-def read_results(results_dir=RESULTS_DIR) -> dict[tuple[str, str], dict]:
+def read_results(results_dir: str | os.PathLike) -> dict[tuple[str, str], dict]:
     """(entry, framework) -> stored result, for every JSON in ``results_dir``."""
     results = {}
     for path in sorted(pathlib.Path(results_dir).glob("*.json")):
@@ -361,16 +365,6 @@ def results_table(results: Mapping[tuple[str, str], dict]) -> str:
     return "\n".join(lines)
 
 
-def update_readme(table: str, readme=README) -> None:
-    """Replace the text between the README's reproduce markers with ``table``."""
-    text = pathlib.Path(readme).read_text()
-    pattern = re.compile(re.escape(TABLE_START) + ".*?" + re.escape(TABLE_END), re.S)
-    if not pattern.search(text):
-        raise ValueError(f"{readme} has no {TABLE_START} ... {TABLE_END} section")
-    replacement = f"{TABLE_START}\n{table}\n{TABLE_END}"
-    pathlib.Path(readme).write_text(pattern.sub(lambda _: replacement, text))
-
-
 def fashion_dataset(data_dir: str | None) -> tuple[str, str | None]:
     """The dataset for a Fashion-MNIST entry and a note when it falls back to MNIST:
     ``data_dir`` if given, tensorflow-datasets' fashion_mnist if it is prepared on
@@ -378,8 +372,6 @@ def fashion_dataset(data_dir: str | None) -> tuple[str, str | None]:
     if data_dir:
         return data_dir, None
     try:
-        from saecommon.data import load_dataset
-
         load_dataset("tfds:fashion_mnist")
         return "tfds:fashion_mnist", None
     except Exception as err:  # not installed, not prepared, no network

@@ -1,0 +1,81 @@
+"""Progress display for long work: a tqdm bar on a terminal, plain lines in a log.
+
+:class:`EpochProgress` follows a training run epoch by epoch; :class:`IterationProgress`
+follows an optimiser's iterations (the evaluation's probe)."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+
+class EpochProgress:
+    """An epoch progress bar (tqdm) on a terminal; one plain line per epoch in a log."""
+
+    SHOWN = ("train/loss", "test/loss", "val/loss", "test/l0", "lr")
+    """The metrics of an epoch's row that the bar (or line) shows."""
+
+    def __init__(self, total: int, initial: int = 0, enabled: bool = True):
+        self.enabled = enabled
+        self.total = total
+        self.bar = None
+        self.start = time.perf_counter()
+        if enabled and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(
+                total=total, initial=initial, unit="epoch", dynamic_ncols=True
+            )
+
+    def update(self, row: dict) -> None:
+        if not self.enabled:
+            return
+        shown = {k.replace("/", " "): row[k] for k in self.SHOWN if k in row}
+        if self.bar is not None:
+            self.bar.set_postfix(
+                {k: f"{v:.4g}" for k, v in shown.items()}, refresh=False
+            )
+            self.bar.update(1)
+        else:
+            parts = " ".join(f"{k}={v:.5g}" for k, v in shown.items())
+            elapsed = time.perf_counter() - self.start
+            print(
+                f"epoch {row['epoch']}/{self.total} {parts} ({elapsed:.1f}s)",
+                flush=True,
+            )
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class IterationProgress:
+    """A tqdm bar of an optimiser's iterations on a terminal; one line at the end
+    otherwise. ``label`` None shows nothing. ``what`` describes the problem in the
+    final line (e.g. "60000 samples x 64 features")."""
+
+    def __init__(self, label: str | None, total: int, what: str):
+        self.label, self.what = label, what
+        self.bar, self.start = None, time.perf_counter()
+        if label and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(
+                total=total, desc=label, unit="it", dynamic_ncols=True, leave=False
+            )
+
+    def update(self, *_) -> None:
+        """One iteration done (its arguments, e.g. scipy's callback's, are ignored)."""
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def close(self, iterations: int, loss: float) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.label:
+            seconds = time.perf_counter() - self.start
+            print(
+                f"{self.label} ({self.what}): {iterations} L-BFGS iterations, "
+                f"loss {loss:.4g} ({seconds:.1f}s)",
+                flush=True,
+            )

@@ -1,0 +1,250 @@
+"""The framework-neutral half of a training loop, shared by both trainers
+(:class:`RunRecorder`): resume bookkeeping, the per-epoch metrics row and its
+divergence and collapse checks, reduce-on-plateau, the atomic per-epoch writes into the
+run directory (rundir.py), progress, and the end-of-run pictures and summary."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+import warnings
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from saecommon import rundir
+from saecommon.data import PreparedData
+from saecommon.progress import EpochProgress
+from saecommon.schedules import Plateau
+from saecommon.train_config import RunConfig, TrainConfig
+
+if TYPE_CHECKING:
+    from saecommon.evaluation import Encoded
+
+PREVIEW = 256
+"""Test samples drawn in the end-of-run pictures (reconstructions, codes)."""
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or inf; the last good checkpoint is kept."""
+
+
+class DeadCodeWarning(RuntimeWarning):
+    """Every code unit takes one value on every test sample (zero, or a constant left
+    by a dead inner layer): the code collapsed and the decoder gives one picture."""
+
+
+def check_batch_size(train: TrainConfig, data: PreparedData) -> None:
+    """Every epoch needs one full batch (the short last batch is dropped): a
+    ValueError, before anything is built, when the training split is smaller."""
+    if len(data.train) < train.batch_size:
+        raise ValueError(
+            f"batch_size {train.batch_size} is larger than the training set "
+            f"({len(data.train)})"
+        )
+
+
+def epoch_means(step_metrics: Mapping[str, np.ndarray], epoch: int, prefix="train"):
+    """Per-step metric arrays -> their epoch means; raises TrainingDiverged naming the
+    first step whose loss is not finite."""
+    loss = np.asarray(step_metrics["loss"])
+    bad = np.flatnonzero(~np.isfinite(loss))
+    if bad.size:
+        raise TrainingDiverged(
+            f"the loss became {loss[bad[0]]} at epoch {epoch + 1}, step {bad[0] + 1} "
+            f"of {loss.size}; training stopped and the last good checkpoint is kept"
+        )
+    return {f"{prefix}/{k}": float(np.mean(v)) for k, v in step_metrics.items()}
+
+
+def summarize(history: list[dict], seconds: float) -> dict:
+    """The final summary: the last epoch's metrics, the best validation loss, time."""
+    last = history[-1]
+    key = "val/loss" if "val/loss" in last else "test/loss"
+    best = min(history, key=lambda r: r.get(key, math.inf))
+    return {
+        "epochs": last["epoch"],
+        "final": {k: v for k, v in last.items() if k != "epoch"},
+        "best_epoch": best["epoch"],
+        f"best_{key.replace('/', '_')}": best[key],
+        "train_seconds": seconds,
+    }
+
+
+def format_summary(summary: dict) -> str:
+    final = summary["final"]
+    lines = [f"trained {summary['epochs']} epochs in {summary['train_seconds']:.1f}s"]
+    for split in ("train", "val", "test"):
+        keys = [k for k in final if k.startswith(split + "/")]
+        if keys:
+            lines.append(
+                f"  {split:5s} "
+                + "  ".join(f"{k.split('/')[1]}={final[k]:.5g}" for k in keys)
+            )
+    return "\n".join(lines)
+
+
+def finish_run(
+    out_dir,
+    run: RunConfig,
+    history,
+    seconds,
+    data: PreparedData,
+    encode: Callable[[np.ndarray], Encoded],
+    state_dict,
+    progress: bool = True,
+) -> dict:
+    """Pictures and summary.json at the end of a run; prints the summary.
+
+    ``encode(x [n, input])`` runs the trained model in evaluation mode (the package's
+    ``evaluation.encode``)."""
+    from saecommon import plots  # matplotlib, imported when a run ends
+
+    x = data.test[:PREVIEW]
+    out = encode(x)
+    image_shape = plots.picture_shape(data.image_shape, run.model.input_dim)
+    weights, tile_shape = plots.dictionary_weights(state_dict, run.model)
+    plots.write_run_plots(
+        out_dir,
+        history,
+        data.to_pixels(x),
+        data.to_pixels(out.reconstruction),
+        weights,
+        out.code,
+        labels=data.test_labels[:PREVIEW],
+        image_shape=image_shape,
+        dictionary_shape=tile_shape,
+    )
+    summary = summarize(history, seconds)
+    rundir.write_summary(out_dir, summary)
+    if progress:
+        print(format_summary(summary), flush=True)
+    return summary
+
+
+class RunRecorder:
+    """The framework-neutral half of a training loop.
+
+    A trainer builds one, restores its own state from ``resumed`` (arrays, meta) when
+    that is set, then for each epoch from ``first_epoch`` calls ``row``, ``next_lr``
+    and ``save``, and at the end ``finish``."""
+
+    def __init__(
+        self,
+        run: RunConfig,
+        out_dir,
+        framework: str,
+        data: PreparedData,
+        *,
+        resume: bool,
+        progress: bool,
+    ):
+        tcfg = run.train
+        self.run, self.out_dir, self.framework, self.data = (
+            run,
+            out_dir,
+            framework,
+            data,
+        )
+        self.plateau = Plateau(tcfg.plateau_factor, tcfg.plateau_patience)
+        self.history: list[dict] = []
+        self.warned_dead = False
+        self.state_path = os.path.join(out_dir, rundir.TRAIN_STATE)
+        self.resumed: tuple[dict[str, np.ndarray], dict] | None = None
+        if resume:
+            arrays, meta = rundir.read_train_state(self.state_path)
+            rundir.check_resumable(meta, run, framework, self.state_path)
+            self.plateau = Plateau(**meta["plateau"])
+            self.history = meta["history"]
+            self.resumed = arrays, meta
+        rundir.write_run_config(out_dir, run)
+        self.progress = progress
+        self.bar = EpochProgress(
+            tcfg.epochs, initial=len(self.history), enabled=progress
+        )
+        self.start = time.perf_counter() - sum(r["seconds"] for r in self.history)
+        self.epoch_start = time.perf_counter()
+
+    @property
+    def first_epoch(self) -> int:
+        return len(self.history)
+
+    @property
+    def eval_splits(self) -> tuple[str, ...]:
+        """The splits evaluated each epoch: "test", and "val" first when held out."""
+        return ("test",) if self.data.val_is_test else ("val", "test")
+
+    def begin_epoch(self) -> None:
+        self.epoch_start = time.perf_counter()
+
+    def row(self, epoch: int, lr: float, step_metrics, eval_metrics) -> dict:
+        """The epoch's metrics: train means (raising TrainingDiverged on a non-finite
+        loss), then ``eval_metrics(split)`` for "val" (if held out) and "test"."""
+        row = {"epoch": epoch + 1, "lr": lr}
+        row.update(epoch_means(step_metrics, epoch))
+        for split in self.eval_splits:
+            row.update({f"{split}/{k}": v for k, v in eval_metrics(split).items()})
+        if row["test/constant_fraction"] == 1 and not self.warned_dead:
+            self.warned_dead = True
+            how = (
+                "every code unit is zero on every test sample, so the decoder sees "
+                "no input"
+                if row["test/dead_fraction"] == 1
+                else "every code unit takes one value on every test sample (an inner "
+                "layer died), so the decoder gives one picture for every input"
+            )
+            warnings.warn(
+                f"the code collapsed at epoch {epoch + 1}: {how}. A ReLU network "
+                "under a penalty or a high learning_rate can die this way and does "
+                "not recover; try a lower penalty_weight or learning_rate, leaky_relu "
+                "activations, or another seed",
+                DeadCodeWarning,
+                stacklevel=2,
+            )
+        return row
+
+    def next_lr(self, row: dict, lr: float) -> float:
+        """The learning rate for the next epoch (reduce-on-plateau acts here)."""
+        if self.run.train.schedule != "plateau":
+            return lr
+        return self.plateau.step(
+            row["val/loss" if "val/loss" in row else "test/loss"], lr
+        )
+
+    def save(
+        self, row: dict, arrays: Mapping[str, np.ndarray], write_model, **meta
+    ) -> None:
+        """Append ``row`` and write the train state, the portable model (via
+        ``write_model(path)``) and metrics.jsonl, each atomically."""
+        row["seconds"] = time.perf_counter() - self.epoch_start
+        self.history.append(row)
+        plateau = dataclasses.asdict(self.plateau)
+        meta = {
+            "framework": self.framework,
+            "run_config": self.run.to_json(),
+            "history": self.history,
+            "plateau": plateau,
+            **meta,
+        }
+        rundir.write_train_state(self.state_path, arrays, meta)
+        write_model(os.path.join(self.out_dir, rundir.MODEL))
+        rundir.write_history(self.out_dir, self.history)
+        self.bar.update(row)
+
+    def close(self) -> None:
+        self.bar.close()
+
+    def finish(self, encode: Callable[[np.ndarray], Encoded], state_dict) -> dict:
+        return finish_run(
+            self.out_dir,
+            self.run,
+            self.history,
+            time.perf_counter() - self.start,
+            self.data,
+            encode,
+            state_dict,
+            self.progress,
+        )
