@@ -245,8 +245,7 @@ def make_eval_metrics(
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v) * (n - full)
         metrics = {k: v / n for k, v in sums.items()}
-        active, low, high = (np.asarray(a) for a in jax.device_get(stats))
-        metrics.update(CodeStats(n, active, low, high).metrics())
+        metrics.update(CodeStats(n, *jax.device_get(stats)).metrics())
         return metrics
 
     return eval_metrics

@@ -18,14 +18,12 @@ class EpochProgress:
     def __init__(self, total: int, initial: int = 0, enabled: bool = True):
         self.enabled = enabled
         self.total = total
-        self.bar = None
         self.start = time.perf_counter()
-        if enabled and sys.stderr.isatty():
-            from tqdm import tqdm
-
-            self.bar = tqdm(
-                total=total, initial=initial, unit="epoch", dynamic_ncols=True
-            )
+        self.bar = (
+            _terminal_bar(total=total, initial=initial, unit="epoch")
+            if enabled
+            else None
+        )
 
     def update(self, row: dict) -> None:
         if not self.enabled:
@@ -56,13 +54,12 @@ class IterationProgress:
 
     def __init__(self, label: str | None, total: int, what: str):
         self.label, self.what = label, what
-        self.bar, self.start = None, time.perf_counter()
-        if label and sys.stderr.isatty():
-            from tqdm import tqdm
-
-            self.bar = tqdm(
-                total=total, desc=label, unit="it", dynamic_ncols=True, leave=False
-            )
+        self.start = time.perf_counter()
+        self.bar = (
+            _terminal_bar(total=total, desc=label, unit="it", leave=False)
+            if label
+            else None
+        )
 
     def update(self, *_) -> None:
         """One iteration done (its arguments, e.g. scipy's callback's, are ignored)."""
@@ -79,3 +76,12 @@ class IterationProgress:
                 f"loss {loss:.4g} ({seconds:.1f}s)",
                 flush=True,
             )
+
+
+def _terminal_bar(**options):
+    """A tqdm bar when stderr is a terminal, else None (the caller prints lines)."""
+    if not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(dynamic_ncols=True, **options)
