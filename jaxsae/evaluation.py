@@ -53,12 +53,16 @@ def encode(
     ``code_only``: they are never copied off the device) and code [n, code].
 
     Every batch is ``batch_size`` rows, the last one zero-padded (samples are
-    independent in evaluation mode), so each config compiles once."""
+    independent in evaluation mode), so each config compiles once. ``x`` must be a
+    finite float array with n >= 1 (saecommon.evaluation.check_inputs)."""
     check_int("batch_size", batch_size, minimum=1)
-    x = np.asarray(x)
+    x = evaluation.check_inputs(x, config)
+    return _encode(params, config, x, batch_size, code_only)
+
+
+def _encode(params, config: SAEConfig, x: np.ndarray, batch_size: int, code_only):
+    """``encode`` on an already checked ``x`` (evaluate_with checks its data once)."""
     n = len(x)
-    if n == 0:
-        raise ValueError(f"encode needs at least one sample, got x of shape {x.shape}")
     forward = _jitted_forward(config)
     parts = []
     for start in range(0, n, batch_size):
@@ -87,10 +91,9 @@ def evaluate_model(
     """The full evaluation (saecommon.evaluation.evaluate_with) of the model
     ``(params, config)`` on ``data``: reconstruction and sparsity metrics on the test
     split, denoising metrics with ``noise``, the code and pixel probes with ``probe``."""
+    check_int("batch_size", batch_size, minimum=1)
     return evaluation.evaluate_with(
-        lambda x, code_only: encode(
-            params, config, x, batch_size=batch_size, code_only=code_only
-        ),
+        lambda x, code_only: _encode(params, config, x, batch_size, code_only),
         config,
         data,
         framework=FRAMEWORK,

@@ -23,6 +23,7 @@ def pretrain(
     data: PreparedData | None = None,
     progress: bool = True,
     init: Mapping[str, np.ndarray] | None = None,
+    overwrite: bool = False,
 ) -> dict[str, list[dict]]:
     """Pretrain ``run``'s mlp layer by layer, then fine-tune it; one run directory per
     stage under ``out_dir`` and the final model.safetensors; returns each stage's
@@ -36,4 +37,5 @@ def pretrain(
         data=data,
         progress=progress,
         init=init,
+        overwrite=overwrite,
     )

@@ -21,7 +21,13 @@ import jax
 import jax.numpy as jnp
 
 from jaxsae.sparsity import apply_mask, sparsity_mask
-from saecommon.architectures import CODE_SHAPES, IMAGE_SHAPE, Layer, layers
+from saecommon.architectures import (
+    CODE_SHAPES,
+    IMAGE_SHAPE,
+    Layer,
+    check_input_shape,
+    layers,
+)
 from saecommon.config import SAEConfig
 
 
@@ -46,18 +52,16 @@ def activate(x: jax.Array, name: str, negative_slope: float = 0.01) -> jax.Array
         return jnp.where(x > 0, x, negative_slope * x)
     if name == "sigmoid":
         return jax.nn.sigmoid(x)
+    if name == "tanh":
+        return jnp.tanh(x)
     if name == "identity":
         return x
     raise ValueError(f"unknown activation {name!r}")
 
 
 def check_input(x: jax.Array, config: SAEConfig) -> None:
-    if x.ndim != 2 or x.shape[1] != config.input_dim:
-        images = "" if config.architecture == "mlp" else " (1x28x28 images, flattened)"
-        raise ValueError(
-            f"expected input [batch, {config.input_dim}]{images}, got shape "
-            f"{tuple(x.shape)}"
-        )
+    """ValueError unless ``x`` is [batch, input_dim] with batch >= 1."""
+    check_input_shape(x.shape, config)
 
 
 def _uniform(bound: float):

@@ -23,6 +23,7 @@ from jaxsae.checkpoint import from_state_dict, save_checkpoint, to_state_dict
 from jaxsae.evaluation import encode
 from jaxsae.losses import loss_terms
 from jaxsae.models import Autoencoder
+from saecommon import rundir
 from saecommon.checkpoint import CheckpointError, check_frozen
 from saecommon.config import SAEConfig
 from saecommon.data import PreparedData, prepare_data
@@ -141,11 +142,13 @@ def host_loop(config: SAEConfig) -> bool:
 def make_train_epoch(
     train_step: Callable, batch_size: int, shuffle: bool = True, loop: bool = False
 ) -> Callable:
-    """``epoch(state, data [n, input], key, order=None) -> (state, per-step metrics
-    [steps])``, jitted with the state donated: one shuffle (``order`` [n] if given,
-    else drawn from ``key``; or the data in order), then ``n // batch_size``
-    minibatches gathered on the device, as one ``lax.scan`` (no host round trip per
-    step) or, with ``loop`` (``host_loop``), one jitted call per step."""
+    """``epoch(state, data [n, input], key, order=None, on_step=None) -> (state,
+    per-step metrics [steps])``, jitted with the state donated: one shuffle (``order``
+    [n] if given, else drawn from ``key``; or the data in order), then
+    ``n // batch_size`` minibatches gathered on the device, as one ``lax.scan`` (no
+    host round trip per step) or, with ``loop`` (``host_loop``), one jitted call per
+    step, after each of which ``on_step(done, steps)`` is called (the scan calls it
+    never: it has no host between steps)."""
 
     def plan(data: jax.Array, key: jax.Array, order: jax.Array | None):
         steps = data.shape[0] // batch_size
@@ -165,19 +168,25 @@ def make_train_epoch(
         )
 
     if not loop:
-        return jax.jit(train_epoch, donate_argnums=0)
+        scanned = jax.jit(train_epoch, donate_argnums=0)
+        return lambda state, data, key, order=None, on_step=None: scanned(
+            state, data, key, order
+        )
 
     plan_jit = jax.jit(plan)
     step_jit = jax.jit(one_step, donate_argnums=0)
 
     def train_epoch_looped(
-        state: TrainState, data: jax.Array, key: jax.Array, order=None
+        state: TrainState, data: jax.Array, key: jax.Array, order=None, on_step=None
     ):
         batches, keys = plan_jit(data, key, order)
         metrics = []
-        for indices, step_key in zip(batches, keys):
+        for done, (indices, step_key) in enumerate(zip(batches, keys), 1):
             state, step_metrics = step_jit(state, data, indices, step_key)
             metrics.append(step_metrics)
+            if on_step is not None:  # after the step has run, not when dispatched
+                step_metrics["loss"].block_until_ready()
+                on_step(done, len(batches))
         return state, jax.tree.map(lambda *steps: jnp.stack(steps), *metrics)
 
     return train_epoch_looped
@@ -294,6 +303,7 @@ def train(
     progress: bool = True,
     init: Mapping[str, np.ndarray] | None = None,
     frozen: Collection[str] = (),
+    overwrite: bool = False,
 ) -> list[dict]:
     """Train ``run`` and write the run directory; returns the metrics history.
 
@@ -301,9 +311,14 @@ def train(
     differ); the result equals an uninterrupted run with the same seed. ``init``, a
     portable state dict (``saecommon.checkpoint.initial_state_dict``), replaces the
     random initial weights: fine-tuning, e.g. untied after a tied run. ``frozen``
-    layers ("encoder.0", ...) keep their initial weights (``make_optimizer``)."""
+    layers ("encoder.0", ...) keep their initial weights (``make_optimizer``).
+
+    A folder that holds a run is refused unless ``overwrite`` or ``resume``
+    (``saecommon.rundir.check_out_dir``); Ctrl-C raises ``TrainingInterrupted``
+    saying where it stopped and what is saved."""
     mcfg, tcfg = run.model, run.train
     check_frozen(frozen, mcfg)
+    rundir.check_out_dir(out_dir, resume=resume, overwrite=overwrite)
     data = prepare_data(run) if data is None else data
     check_batch_size(tcfg, data)
     steps_per_epoch = len(data.train) // tcfg.batch_size
@@ -331,7 +346,7 @@ def train(
     }
     try:
         for epoch in range(recorder.first_epoch, tcfg.epochs):
-            recorder.begin_epoch()
+            recorder.begin_epoch(epoch)
             hyper = state.opt_state.hyperparams
             lr = float(hyper["learning_rate"])
             order = epoch_order(tcfg, epoch, train_x.shape[0])
@@ -340,6 +355,7 @@ def train(
                 train_x,
                 jax.random.fold_in(train_key, epoch),
                 None if order is None else jnp.asarray(order, jnp.int32),
+                recorder.step_done,
             )
             row = recorder.row(
                 epoch,
@@ -357,6 +373,8 @@ def train(
                 _state_arrays(state),
                 lambda path, params=state.params: save_checkpoint(path, params, mcfg),
             )
+    except KeyboardInterrupt:
+        raise recorder.interrupted() from None
     finally:
         recorder.close()
     recorder.finish(

@@ -103,9 +103,9 @@ def test_training_modules_share_their_contract():
         "FRAMEWORK",
     ):
         assert hasattr(jt, name) and hasattr(tt, name), name
-    # train(run, out_dir, *, resume, data, progress, init, frozen) and
-    # pretrain(run, out_dir, *, resume, data, progress, init): torch adds device and
-    # compile.
+    # train(run, out_dir, *, resume, data, progress, init, frozen, overwrite) and
+    # pretrain(run, out_dir, *, resume, data, progress, init, overwrite): torch adds
+    # device and compile.
     for a, b in ((jt.train, tt.train), (jl.pretrain, tl.pretrain)):
         a = inspect.signature(a).parameters
         b = inspect.signature(b).parameters

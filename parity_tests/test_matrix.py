@@ -85,6 +85,48 @@ def test_parity(index, config, dtype, device, request):
         assert (got["mask"].sum(1) == config.topk).all()
 
 
+# tanh, for pixels scaled to [-1, 1] (pixel_scale symmetric), outside the product so
+# the matrix does not double: the seed tutorial's sigmoid code + KL + tanh output
+# (initialised in JAX), and tanh throughout with top-k and L1 on every layer, tied
+# (initialised in torch). Both on the tie batch mapped to [-1, 1].
+TANH_CASES = [
+    pytest.param(
+        len(CASES),
+        SAEConfig(
+            input_dim=20,
+            hidden_dims=(16, 12),
+            activation="sigmoid",
+            output_activation="tanh",
+            **PENALTIES["kl"],
+        ),
+        id="tutorial-sigmoid-kl-tanh-untied-mse",
+    ),
+    pytest.param(
+        len(CASES) + 1,
+        SAEConfig(
+            input_dim=20,
+            hidden_dims=(16, 12),
+            activation="tanh",
+            code_activation="tanh",
+            output_activation="tanh",
+            tied=True,
+            **SPARSITY["topk"],
+            **PENALTIES["l1all"],
+        ),
+        id="tanh-topk-l1all-tied-mse",
+    ),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("index, config", TANH_CASES)
+def test_tanh_parity(index, config, dtype, device, request):
+    x = (tie_batch(index) - 0.5) / 0.5  # [-1, 1], as prepare_data scales it
+    got = run_case(index, config, x, dtype, device, request.node.callspec.id)
+    assert np.abs(got["reconstruction"]).max() < 1  # tanh's range, not sigmoid's
+    assert got["reconstruction"].min() < 0
+
+
 def test_the_matrix_is_large_enough():
     assert len(CASES) == 256
     assert sum(c.values[1].tied for c in CASES) == 128

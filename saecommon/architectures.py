@@ -59,6 +59,23 @@ IMAGE_SHAPE = (1, 28, 28)
 """The input both convolutional architectures are built for: [channels, h, w]."""
 
 
+def check_input_shape(shape: tuple[int, ...], config) -> None:
+    """ValueError unless ``shape`` is [batch, config.input_dim] with batch >= 1: the
+    one check behind both packages' ``check_input`` and ``encode`` (a shape is static
+    under jit, so it costs nothing inside a traced forward)."""
+    shape = tuple(int(d) for d in shape)
+    if len(shape) != 2 or shape[1] != config.input_dim:
+        images = "" if config.architecture == "mlp" else " (1x28x28 images, flattened)"
+        raise ValueError(
+            f"expected input [batch, {config.input_dim}]{images}, got shape {shape}"
+        )
+    if shape[0] == 0:
+        # jax would return an empty output and torch's top-k would fail on it.
+        raise ValueError(
+            f"x has 0 samples (shape {shape}); the model needs at least one"
+        )
+
+
 def layers(config) -> tuple[Layer, ...]:
     """Every parameterised layer of ``config``'s model, encoder first."""
     if config.architecture == "conv":

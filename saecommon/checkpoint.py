@@ -137,12 +137,42 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], SAE
             f"{path} is a safetensors file but not an SAE checkpoint "
             "(its metadata has no 'format': 'sae-checkpoint' and 'config')"
         )
+    version = metadata.get("format_version")
+    if version != FORMAT_VERSION:
+        found = (
+            "no format_version" if version is None else f"format_version {version!r}"
+        )
+        raise CheckpointError(
+            f"{path} has {found}; this code reads format_version "
+            f"{FORMAT_VERSION!r} only"
+        )
     try:
         config = SAEConfig.from_json(metadata["config"])
     except (ConfigError, TypeError) as err:
         raise CheckpointError(f"{path} holds an invalid config: {err}") from None
     check_state_dict(state_dict, config)
+    check_finite_weights(state_dict, path)
     return state_dict, config
+
+
+def check_finite_weights(state_dict: StateDict, source: str) -> None:
+    """CheckpointError naming every tensor of ``state_dict`` that holds NaN or inf
+    (a model saved from a diverged run must not load as if it were trained)."""
+    bad = []
+    for name, value in state_dict.items():
+        value = np.asarray(value)
+        finite = np.isfinite(value)
+        if not finite.all():
+            n_nan = int(np.count_nonzero(np.isnan(value)))
+            n_bad = value.size - int(np.count_nonzero(finite))
+            bad.append(
+                f"{name} ({n_nan} NaN, {n_bad - n_nan} inf of {value.size} values)"
+            )
+    if bad:
+        raise CheckpointError(
+            f"{source} holds non-finite weights: {', '.join(bad)}; the run that "
+            "wrote it diverged or the file is corrupt"
+        )
 
 
 def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:

@@ -1,19 +1,94 @@
 """Flags -> RunConfig for scripts/train.py: every SAEConfig and TrainConfig field is a
 flag (``--hidden-dims 256,128,64``, ``--topk 16``, ``--lifetime-rate none``,
-``--tied true``), applied on top of ``--preset`` (or the defaults)."""
+``--tied true``), applied on top of ``--preset`` (or the defaults).
+
+The help of each field's flag is the field's own docstring in config.py or
+train_config.py (read from the source, so the schema documents itself once), with its
+accepted values and its default: the preset's when ``--preset`` comes before
+``--help``."""
 
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
+import functools
+import inspect
 import os
+import textwrap
 from typing import Any
 
+from saecommon import config as config_module
 from saecommon import rundir
+from saecommon import train_config as train_config_module
 from saecommon.config import ConfigError, SAEConfig
 from saecommon.frameworks import FRAMEWORKS
 from saecommon.presets import PRESETS
+from saecommon.recorder import check_epochs
 from saecommon.train_config import RunConfig, TrainConfig
+
+GROUPS = {
+    "model": (
+        "architecture",
+        "input_dim",
+        "hidden_dims",
+        "activation",
+        "code_activation",
+        "output_activation",
+        "negative_slope",
+        "tied",
+        "loss",
+    ),
+    "sparsity": (
+        "topk",
+        "lifetime_k",
+        "lifetime_rate",
+        "penalty",
+        "penalty_weight",
+        "l1_layers",
+        "kl_rho",
+        "kl_reduction",
+        "kl_eps",
+    ),
+    "data": train_config_module.DATA_FIELDS,
+}
+"""Flag groups of --help; other SAEConfig fields show under "model", other
+TrainConfig fields under "training"."""
+
+CHOICES = {
+    "architecture": config_module.ARCHITECTURES,
+    "activation": config_module.ACTIVATIONS,
+    "code_activation": config_module.ACTIVATIONS,
+    "output_activation": config_module.OUTPUT_ACTIVATIONS,
+    "penalty": config_module.PENALTIES,
+    "l1_layers": config_module.L1_LAYERS,
+    "kl_reduction": config_module.REDUCTIONS,
+    "loss": config_module.LOSSES,
+    "optimizer": train_config_module.OPTIMIZERS,
+    "schedule": train_config_module.SCHEDULES,
+    "noise": train_config_module.NOISES,
+    "shuffle_source": train_config_module.SHUFFLE_SOURCES,
+    "pixel_scale": getattr(train_config_module, "PIXEL_SCALES", None),
+}
+"""The accepted values of the string fields (the tuples the configs check against)."""
+
+
+@functools.cache
+def field_docs(cls) -> dict[str, str]:
+    """Each dataclass field's docstring (the string literal under it), by name."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body
+    docs = {}
+    for node, after in zip(body, body[1:]):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(after, ast.Expr)
+            and isinstance(after.value, ast.Constant)
+            and isinstance(after.value.value, str)
+        ):
+            docs[node.target.id] = " ".join(after.value.value.split())
+    return docs
 
 
 def _parse_value(kind: str, text: str) -> Any:
@@ -31,71 +106,156 @@ def _parse_value(kind: str, text: str) -> Any:
         if base == "float":
             return float(text)
         if base.startswith("tuple[int"):
-            return tuple(
-                int(part) for part in text.replace("-", ",").split(",") if part
-            )
+            return tuple(int(part) for part in text.split(",") if part.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected {kind}, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected {_metavar(kind)}, got {text!r}"
+        ) from None
     return text
 
 
-def _field_flags(parser: argparse.ArgumentParser, cls, group_name: str) -> None:
-    group = parser.add_argument_group(group_name)
+def _metavar(kind: str, choices=None) -> str:
+    if choices:
+        return "{" + ",".join(choices) + "}"
+    base = kind.replace("| None", "").strip()
+    words = {
+        "bool": "{true,false}",
+        "int": "INT",
+        "float": "FLOAT",
+        "str": "TEXT",
+    }
+    text = words.get(base, "INT,INT,..." if base.startswith("tuple[int") else base)
+    return text + ("|none" if kind.endswith("| None") else "")
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if value is None:
+        return "none"
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value) or "(empty)"
+    return str(value)
+
+
+def _field_flags(
+    groups: dict[str, argparse._ArgumentGroup], cls, fallback: str, preset, defaults
+) -> None:
+    docs = field_docs(cls)
     for field in dataclasses.fields(cls):
         kind = str(field.type)
-        group.add_argument(
+        choices = CHOICES.get(field.name)
+        group = next(
+            (name for name, names in GROUPS.items() if field.name in names), fallback
+        )
+        default = getattr(defaults, field.name)
+        origin = f"preset {preset}" if preset else "default"
+        help_text = docs.get(field.name, "").replace("%", "%%")
+        groups[group].add_argument(
             "--" + field.name.replace("_", "-"),
             dest=f"{cls.__name__}.{field.name}",
             type=lambda text, kind=kind: _parse_value(kind, text),
+            choices=choices,
             default=argparse.SUPPRESS,  # absent unless given, so "none" can override
-            metavar=kind.replace(" ", ""),
-            help=f"(default {field.default!r})",
+            metavar=_metavar(kind, choices),
+            help=f"{help_text} ({origin}: {_shown(default)})",
         )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def peek_preset(argv) -> str | None:
+    """The --preset in ``argv`` (if any, and known), so --help shows its defaults."""
+    peek = argparse.ArgumentParser(add_help=False)
+    peek.add_argument("--preset")
+    known, _ = peek.parse_known_args(argv)
+    return known.preset if known.preset in PRESETS else None
+
+
+def build_parser(preset: str | None = None) -> argparse.ArgumentParser:
+    """train.py's flags; ``preset``'s values are the defaults --help shows."""
+    base = PRESETS[preset] if preset else RunConfig()
     parser = argparse.ArgumentParser(
-        description="Train a sparse autoencoder with jaxsae or torchsae.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        prog="train.py",
+        description="Train a sparse autoencoder with jaxsae or torchsae. Every field\n"
+        "of the model and training config is a flag; flags apply on top of --preset\n"
+        "(or of the defaults). A folder that holds a run is never written into\n"
+        "unless --resume or --overwrite says so.",
+        epilog="examples:\n"
+        "  train.py --preset mnist-topk\n"
+        "  train.py --preset mnist-kl --framework torch --epochs 5\n"
+        "  train.py --hidden-dims 256,64 --topk 20 --out runs/mine\n"
+        "  train.py --out runs/mine --resume --epochs 30\n"
+        "  train.py --preset mnist-topk --help   (shows the preset's values)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--framework", choices=FRAMEWORKS, default="jax")
-    parser.add_argument("--preset", choices=sorted(PRESETS), help="start from a preset")
-    parser.add_argument(
-        "--out", help="run directory (default runs/<preset or 'custom'>)"
+    run = parser.add_argument_group("run")
+    run.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        metavar="NAME",
+        help="start from a published setup: " + ", ".join(sorted(PRESETS)),
     )
-    parser.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue the run in --out from its last checkpoint (only --epochs may change)",
+    run.add_argument(
+        "--framework",
+        choices=FRAMEWORKS,
+        help="jax or torch (default: jax for a new run; on --resume, the run's own)",
     )
-    parser.add_argument(
-        "--device", default=None, help="torch device (default: cuda if present)"
+    run.add_argument(
+        "--device",
+        help="cpu, cuda (or gpu), cuda:N, tpu, mps; the same for both frameworks "
+        "(default: a GPU when the framework sees one, else cpu)",
     )
-    parser.add_argument("--quiet", action="store_true", help="no progress output")
-    parser.add_argument(
+    run.add_argument(
         "--init-from",
         metavar="CHECKPOINT",
-        help="start from these weights (a model.safetensors) instead of a random init; "
-        "a tied checkpoint with --tied false is untied first (tied-then-untied "
-        "fine-tuning)",
+        help="start from these weights (a model.safetensors) instead of a random "
+        "init; a tied checkpoint with --tied false is untied first",
     )
-    parser.add_argument(
+    out = parser.add_argument_group("output")
+    out.add_argument(
+        "--out",
+        metavar="DIR",
+        help="the run folder (default: runs/<preset or custom>-<framework>, numbered "
+        "-2, -3, ... when that one holds a run)",
+    )
+    out.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its last checkpoint (only --epochs may "
+        "change, and only upwards)",
+    )
+    out.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run in --out (without it, a folder that holds a run is "
+        "refused); the old run stays until the new one's first epoch is saved",
+    )
+    out.add_argument("--quiet", action="store_true", help="no progress output")
+    groups = {
+        name: parser.add_argument_group(name)
+        for name in ("model", "sparsity", "training", "data")
+    }
+    groups["data"].add_argument(
         "--data-dir",
         dest="TrainConfig.dataset",
         default=argparse.SUPPRESS,
+        metavar="DIR",
         help="a folder of the four standard IDX files (MNIST, Fashion-MNIST, KMNIST); "
         "the same as --dataset DIR",
     )
-    _field_flags(parser, SAEConfig, "model (SAEConfig)")
-    _field_flags(parser, TrainConfig, "training (TrainConfig)")
+    _field_flags(groups, SAEConfig, "model", preset, base.model)
+    _field_flags(groups, TrainConfig, "training", preset, base.train)
     return parser
 
 
 def run_config_from_args(args: argparse.Namespace) -> RunConfig:
     """The preset (or defaults) with every given flag applied; on --resume, the run
-    directory's own config with only --epochs applied."""
+    directory's own config with only --epochs applied (a --preset must be the run's)."""
     overrides = {k: v for k, v in vars(args).items() if "." in k}
     if args.resume:
+        if not args.out:
+            raise ConfigError(
+                "--resume continues the run in --out: say which (--out DIR)"
+            )
         if not os.path.isfile(os.path.join(args.out, rundir.CONFIG)):
             raise ConfigError(
                 f"--resume: no run to continue in {args.out} (no {rundir.CONFIG})"
@@ -106,7 +266,19 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
             raise ConfigError(
                 f"--resume continues a run as configured; drop {', '.join(extra)}"
             )
+        if args.preset and not rundir.same_but_epochs(PRESETS[args.preset], run):
+            raise ConfigError(
+                f"--preset {args.preset} is not the run in {args.out} (it holds "
+                f"{rundir.describe_run(args.out)}); drop --preset to continue that "
+                "run, or start a new one elsewhere"
+            )
         epochs = overrides.get("TrainConfig.epochs", run.train.epochs)
+        try:
+            check_epochs(args.out, len(rundir.read_history(args.out)), epochs)
+        except ValueError as err:
+            raise ConfigError(
+                str(err).replace("give epochs", "give --epochs")
+            ) from None
         return RunConfig(run.model, dataclasses.replace(run.train, epochs=epochs))
     base = PRESETS[args.preset] if args.preset else RunConfig()
     model = {
@@ -123,8 +295,24 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
     )
 
 
+def resolve_framework(args: argparse.Namespace) -> str:
+    """--framework, or on --resume the framework that wrote the run (a different
+    one is refused later, by the train state's check)."""
+    if args.framework or not args.resume:
+        return args.framework or "jax"
+    return rundir.run_framework(args.out) or "jax"
+
+
 def default_run_dir(args: argparse.Namespace) -> str:
-    """--out, or runs/<preset or 'custom'>-<framework>."""
-    return args.out or os.path.join(
-        "runs", f"{args.preset or 'custom'}-{args.framework}"
-    )
+    """--out, or runs/<preset or 'custom'>-<framework>, numbered -2, -3, ... past the
+    folders that hold a run (so repeating a command never lands on an earlier run)."""
+    if args.out:
+        return args.out
+    base = os.path.join("runs", f"{args.preset or 'custom'}-{args.framework or 'jax'}")
+    candidate, number = base, 1
+    while os.path.exists(candidate) and (
+        not os.path.isdir(candidate) or rundir.holds_run(candidate)
+    ):
+        number += 1
+        candidate = f"{base}-{number}"
+    return candidate

@@ -12,8 +12,8 @@ import json
 import math
 from typing import Any
 
-ACTIVATIONS = ("relu", "leaky_relu", "sigmoid", "identity")
-OUTPUT_ACTIVATIONS = ("sigmoid", "relu", "leaky_relu", "identity")
+ACTIVATIONS = ("relu", "leaky_relu", "sigmoid", "tanh", "identity")
+OUTPUT_ACTIVATIONS = ("sigmoid", "tanh", "relu", "leaky_relu", "identity")
 ARCHITECTURES = ("mlp", "conv", "fullconv")
 PENALTIES = ("none", "l1", "kl")
 L1_LAYERS = ("code", "hidden")
@@ -47,11 +47,14 @@ class SAEConfig:
     (default (64,)). conv/fullconv: the code width, fixed by the architecture."""
     activation: str = "relu"
     """Activation of every hidden layer except the code: relu, leaky_relu, sigmoid,
-    identity."""
+    tanh, identity."""
     code_activation: str = "relu"
-    """Activation of the code layer (before the sparsity layer)."""
+    """Activation of the code layer (before the sparsity layer): relu, leaky_relu,
+    sigmoid, tanh, identity (the KL penalty needs sigmoid)."""
     output_activation: str = "sigmoid"
-    """Activation of the reconstruction: sigmoid, relu, identity."""
+    """Activation of the reconstruction: sigmoid or relu for pixels in [0, 1], tanh for
+    pixels scaled to [-1, 1] (TrainConfig.pixel_scale symmetric), leaky_relu,
+    identity. bce needs sigmoid."""
     negative_slope: float = 0.01
     """Slope for x < 0 wherever leaky_relu is used."""
     tied: bool = False
@@ -76,7 +79,8 @@ class SAEConfig:
     kl_eps: float = 1e-6
     """rho_hat is clamped to [eps, 1 - eps] so the KL stays finite."""
     loss: str = "mse"
-    """Reconstruction loss: mse (mean over elements) or bce (from logits)."""
+    """Reconstruction loss: mse (mean over elements) or bce (from logits; needs a
+    sigmoid output and targets in [0, 1])."""
 
     def __post_init__(self):
         check_choice("architecture", self.architecture, ARCHITECTURES)
@@ -128,8 +132,9 @@ class SAEConfig:
         check_choice("loss", self.loss, LOSSES)
         if self.loss == "bce" and self.output_activation != "sigmoid":
             raise ConfigError(
-                "bce needs probabilities: set output_activation='sigmoid' "
-                f"(got {self.output_activation!r}); it is computed from the logits"
+                "bce needs a sigmoid output (probabilities): set "
+                f"output_activation='sigmoid' (got {self.output_activation!r}); it is "
+                "computed from the logits"
             )
 
     def _check_conv(self) -> None:

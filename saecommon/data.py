@@ -199,11 +199,17 @@ def load_dataset(spec: str | os.PathLike[str], verify: bool = True) -> Dataset:
         return _load_idx_tree(root, "mnist", verify, source="the shipped MNIST")
     if spec.startswith("tfds:"):
         return _load_tfds(spec.removeprefix("tfds:"))
-    if os.path.isdir(spec):
-        return load_idx_dir(spec, verify=verify)
-    problem = "is a file, not a directory" if os.path.exists(spec) else "is unknown"
+    path = os.path.expanduser(spec)
+    if os.path.isdir(path):
+        return load_idx_dir(path, verify=verify)
+    if os.path.exists(path):
+        problem = f"dataset {spec!r} is a file, not a directory"
+    elif _looks_like_path(spec):
+        problem = f"dataset folder {spec!r} does not exist"
+    else:
+        problem = f"dataset {spec!r} is unknown"
     raise DataError(
-        f"dataset {spec!r} {problem}; expected 'mnist' (the shipped copy), a "
+        f"{problem}; expected 'mnist' (the shipped copy), a "
         "directory holding the four IDX files (train-images-idx3-ubyte, "
         "train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte, "
         "each optionally .gz), or 'tfds:NAME' (tensorflow-datasets)"
@@ -222,7 +228,8 @@ def flatten_images(images: np.ndarray) -> np.ndarray:
             f"flatten_images expects [n, h, w] or [n, h, w, c], got shape "
             f"{images.shape}"
         )
-    flat = images.reshape(len(images), -1).astype(np.float32)
+    # prod, not -1: an empty [0, h, w] gives [0, h*w] (-1 cannot be inferred from 0)
+    flat = images.reshape(len(images), math.prod(images.shape[1:])).astype(np.float32)
     flat /= np.float32(255)
     return flat
 
@@ -294,7 +301,8 @@ def split_validation(
 @dataclasses.dataclass(frozen=True)
 class PreparedData:
     """A run's data as its trainer uses it: flattened float32 arrays [n, features]
-    (scaled to [0, 1], standardized when the run normalizes) and their labels."""
+    (scaled to [0, 1], then standardized when the run normalizes or mapped to [-1, 1]
+    with pixel_scale symmetric) and their labels."""
 
     train: np.ndarray
     train_labels: np.ndarray
@@ -307,18 +315,52 @@ class PreparedData:
     """The values that pixel 0 and pixel 1 take after preprocessing (noise clips here)."""
     image_shape: tuple[int, ...]
     normalization: Normalization | None
+    """The affine map from [0, 1] pixels to the model's input: the training split's
+    standardization (normalize), the fixed (x - 0.5) / 0.5 of pixel_scale symmetric,
+    or None when the model sees [0, 1] pixels."""
     val_is_test: bool
 
+    def __post_init__(self):
+        # The one check of data handed to a trainer or an evaluation (prepare_data's
+        # included): a NaN here would surface later as "the loss became nan".
+        width = None
+        for split in ("train", "val", "test"):
+            x, labels = getattr(self, split), getattr(self, f"{split}_labels")
+            if not isinstance(x, np.ndarray) or x.ndim != 2:
+                raise DataError(
+                    f"PreparedData.{split} must be a 2-D numpy array [n, features], "
+                    f"got {_describe(x)}"
+                )
+            if not np.issubdtype(x.dtype, np.floating):
+                raise DataError(
+                    f"PreparedData.{split} must hold floats, got dtype {x.dtype}"
+                )
+            if width is not None and x.shape[1] != width:
+                raise DataError(
+                    f"PreparedData.{split} has {x.shape[1]} features per sample but "
+                    f"train has {width}"
+                )
+            width = x.shape[1]
+            n_labels = len(np.asarray(labels))
+            if n_labels != len(x):
+                raise DataError(
+                    f"PreparedData.{split} has {len(x)} samples but {split}_labels "
+                    f"has {n_labels}"
+                )
+            if not (split == "val" and x is self.test):  # val_is_test: checked once
+                check_finite(x, f"PreparedData.{split}")
+
     def to_pixels(self, x: np.ndarray) -> np.ndarray:
-        """Model-space [n, features] -> [0, 1] pixel space (the normalization undone,
-        not clipped)."""
+        """Model-space [n, features] -> [0, 1] pixel space (the normalization or the
+        symmetric scaling undone, not clipped): what pictures and PSNR are made of."""
         return x if self.normalization is None else self.normalization.invert(x)
 
 
 def prepare_data(run: RunConfig) -> PreparedData:
     """Load ``run.train.dataset``, scale to [0, 1], hold out ``val_fraction``, and
-    standardize with the training split's statistics when ``normalize``; a pixel
-    count other than ``run.model.input_dim`` is a DataError."""
+    standardize with the training split's statistics when ``normalize`` or map to
+    [-1, 1] when ``pixel_scale`` is symmetric (the config allows one or the other); a
+    pixel count other than ``run.model.input_dim`` is a DataError."""
     tcfg, mcfg = run.train, run.model
     ds = load_dataset(tcfg.dataset)
     image_shape = tuple(ds.train_images.shape[1:])
@@ -337,15 +379,19 @@ def prepare_data(run: RunConfig) -> PreparedData:
         train, train_labels, val, val_labels = split_validation(
             train, train_labels, tcfg.val_fraction
         )
-    norm = fit_normalization(train) if tcfg.normalize else None
+    norm = None
+    if tcfg.normalize:
+        norm = fit_normalization(train)
+    elif tcfg.pixel_scale == "symmetric":
+        # [0, 1] -> [-1, 1], torchvision's Normalize((0.5,), (0.5,)): a fixed map, so
+        # to_pixels undoes it as it undoes a fitted one.
+        norm = Normalization(mean=0.5, std=0.5)
     if norm is not None:
         train, val, test = norm.apply(train), norm.apply(val), norm.apply(test)
     lo, hi = (
         (norm.apply(np.float32(0)), norm.apply(np.float32(1))) if norm else (0.0, 1.0)
     )
-    for name, array in (("train", train), ("validation", val), ("test", test)):
-        check_finite(array, f"{tcfg.dataset} {name} data")
-    return PreparedData(
+    return PreparedData(  # which checks that every split is finite
         train.astype(np.float32),
         train_labels,
         val.astype(np.float32),
@@ -446,6 +492,12 @@ def _load_idx_tree(
             raise DataError(
                 f"{where}: expected {want} dims {layout}, header has {array.ndim} "
                 f"(shape {array.shape})"
+            )
+        if len(array) == 0:
+            what = "images" if want == 3 else "labels"
+            raise DataError(
+                f"{where} is empty: its header says shape {array.shape}, 0 {what}; "
+                "every split needs at least one sample"
             )
         arrays[field] = array
     for split in ("train", "test"):
@@ -572,6 +624,12 @@ def _tfds_arrays(source: Any, where: str) -> tuple[np.ndarray, np.ndarray]:
     if images.ndim == 4 and images.shape[-1] == 1:
         images = images[..., 0]  # [n, h, w, 1] -> [n, h, w], as the IDX files
     return images, labels
+
+
+def _looks_like_path(spec: str) -> bool:
+    """A spec meant as a folder (``./mnist``, ``~/data``, ``a/b``), not a name."""
+    separators = {os.sep, os.altsep or os.sep, "/"}
+    return spec.startswith((".", "~")) or any(sep in spec for sep in separators)
 
 
 def _is_real(value: Any) -> bool:

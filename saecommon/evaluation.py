@@ -8,12 +8,13 @@ report.py writes and prints the result.
 What is measured (all over the whole test split):
 
 - Reconstruction metrics are in [0, 1] pixel space (uint8 / 255) whatever the model was
-  trained on: a model trained on normalized data has its reconstruction mapped back
-  with the inverse normalization (not clipped). ``mse`` is the mean squared error over
-  every pixel of every test image; for an unnormalized model it is the trainer's
-  ``test/recon`` of an mse model. ``psnr`` is one dataset-level figure from the pooled
-  mse, not a mean of per-image PSNRs.
-- ``bce``: for a sigmoid-output model trained on unnormalized data, from the logits
+  trained on: a model trained on normalized or [-1, 1] (pixel_scale symmetric) data
+  has its reconstruction mapped back with ``PreparedData.to_pixels`` (not clipped).
+  ``mse`` is the mean squared error over every pixel of every test image; for a model
+  trained on [0, 1] pixels it is the trainer's ``test/recon`` of an mse model.
+  ``psnr`` is one dataset-level figure from the pooled mse, not a mean of per-image
+  PSNRs.
+- ``bce``: for a sigmoid-output model trained on [0, 1] pixels, from the logits
   (the training BCE, never inf); otherwise on the clipped reconstruction
   (``metrics.bce_clipped``). Its minimum is the mean entropy of the targets, not 0,
   since MNIST pixels are not binary.
@@ -23,8 +24,10 @@ What is measured (all over the whole test split):
   the training split (without the run's validation hold-out), accuracy on the test
   split; the same probe on the raw pixels is the baseline (standardization makes it
   the same for normalized and unnormalized runs).
-- Denoising (``noise.Noise``): the test images corrupted once, in numpy with a fixed
-  seed; ``noisy_psnr``, ``denoised_psnr`` and ``denoised_mse`` against the clean image.
+- Denoising (``noise.Noise``): the test inputs corrupted once, in numpy with a fixed
+  seed, by the trainers' rule in the model's input space (a symmetric run's std acts
+  on [-1, 1] pixels); ``noisy_psnr``, ``denoised_psnr`` and ``denoised_mse`` against
+  the clean image, in [0, 1] pixel space.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from saecommon import rundir
+from saecommon.architectures import check_input_shape
 from saecommon.checkpoint import CheckpointError, read_checkpoint
 from saecommon.config import ConfigError, SAEConfig
 from saecommon.data import DataError, PreparedData, check_finite, prepare_data
@@ -53,16 +57,9 @@ from saecommon.metrics import (
 from saecommon.noise import NOISE_SEED, Noise
 from saecommon.probe import PROBE_L2, PROBE_MAX_ITER, fit_probe
 from saecommon.report import default_report_dir, write_report
-from saecommon.train_config import RunConfig, TrainConfig
+from saecommon.train_config import DATA_FIELDS, RunConfig, TrainConfig
 
-EVAL_FIELDS = (
-    "dataset",
-    "normalize",
-    "val_fraction",
-    "noise",
-    "noise_std",
-    "mask_fraction",
-)
+EVAL_FIELDS = DATA_FIELDS
 """The TrainConfig fields that change an evaluation (and may be overridden for one)."""
 
 
@@ -154,6 +151,23 @@ def load_source(path: str | os.PathLike, overrides: Mapping[str, Any] | None = N
     return Source(state_dict, run, os.path.abspath(checkpoint), history)
 
 
+def check_inputs(x: Any, config: SAEConfig) -> np.ndarray:
+    """``x`` as a numpy array, checked where a user's array enters both packages'
+    ``encode``, before any batching or padding (so errors give the user's shape):
+    ValueError unless it is [n, input_dim] with n >= 1; DataError unless it is
+    floating point and finite (a NaN pixel would otherwise give a top-k model an
+    all-zero code, silently)."""
+    x = np.asarray(x)
+    check_input_shape(x.shape, config)
+    if not np.issubdtype(x.dtype, np.floating):
+        raise DataError(
+            f"x must be a floating-point array [n, {config.input_dim}] scaled as the "
+            f"model's training data, got dtype {x.dtype}"
+        )
+    check_finite(x, "x")
+    return x
+
+
 def check_data(data: PreparedData, config: SAEConfig, train: bool) -> None:
     """DataError unless the test split (and with ``train`` the training split) is a
     finite [n, input_dim] array with n >= 1 and one label per sample."""
@@ -240,10 +254,10 @@ def evaluate_with(
     }
     noisy = denoised = None
     if noise is not None:
-        noisy = noise.apply(clean)
-        inputs = (
-            noisy if data.normalization is None else data.normalization.apply(noisy)
-        )
+        # The trainers' rule, on the model's input (its std in those units); scored
+        # and shown in [0, 1] pixel space.
+        inputs = noise.apply(data.test, data.pixel_range)
+        noisy = data.to_pixels(inputs)
         denoised = data.to_pixels(encode(inputs, False).reconstruction)
         metrics["noisy_psnr"] = psnr(noisy, clean)
         metrics["denoised_psnr"] = psnr(denoised, clean)
@@ -305,7 +319,9 @@ def evaluate_source(
         data,
         probe=probe,
         noise=Noise.of(source.run.train, noise_seed),
-        batch_size=batch_size or source.run.train.eval_batch_size,
+        batch_size=source.run.train.eval_batch_size
+        if batch_size is None
+        else batch_size,
         progress=progress,
     )
     out_dir = os.fspath(out_dir or default_report_dir(source, framework))

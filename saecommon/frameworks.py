@@ -6,9 +6,12 @@ This is the one module of saecommon that names the model packages. It imports th
 chosen one when asked, never at import time: saecommon loads without either, and the
 packages still never import each other.
 
-Devices: JAX places work on its default device (a GPU when it sees one); torch's
-functions take a device, which defaults here to "cuda" when torch sees a GPU and "cpu"
-otherwise. (torchsae's own functions default to "cpu", as torch's modules do.)
+Devices: ``device`` means the same for both frameworks: "cpu", "cuda" (or "gpu"),
+"cuda:1", ... Left out, it is the framework's best: JAX's default device (a GPU when it
+sees one); for torch "cuda" when torch sees a GPU, else "cpu". JAX's entry points run
+under ``jax.default_device`` of the chosen device; torch's take it as ``device``.
+(torchsae's own functions default to "cpu", as torch's modules do.) A device the
+framework cannot reach is a :class:`DeviceError`, said in one line.
 """
 
 from __future__ import annotations
@@ -21,6 +24,78 @@ from types import ModuleType
 from saecommon.config import check_choice
 
 FRAMEWORKS = ("jax", "torch")
+
+
+class DeviceError(ValueError):
+    """The framework cannot run on the device asked for."""
+
+
+def parse_device(device: str) -> tuple[str, int | None]:
+    """ "cuda:1" -> ("cuda", 1); "gpu" -> ("cuda", None); "cpu" -> ("cpu", None)."""
+    kind, _, index = device.strip().lower().partition(":")
+    kind = {"gpu": "cuda"}.get(kind, kind)
+    known = ("cpu", "cuda", "tpu", "mps", "meta")  # meta: torch's shape-only device
+    if kind not in known or (index and not index.isdigit()):
+        raise DeviceError(
+            f"unknown device {device!r}: use cpu, cuda (or gpu), cuda:N, tpu or mps"
+        )
+    return kind, int(index) if index else None
+
+
+def _jax_device(device: str):
+    import jax
+
+    kind, index = parse_device(device)
+    platform = {"cuda": "gpu"}.get(kind, kind)
+    try:
+        devices = jax.devices(platform)
+    except RuntimeError:
+        seen = sorted({d.platform for d in jax.devices()})
+        raise DeviceError(
+            f"JAX cannot run on {device!r}: it has no {platform} backend here (it "
+            f"sees {', '.join(seen)}; a GPU needs the jax[cuda12] install)"
+        ) from None
+    if index is not None and index >= len(devices):
+        raise DeviceError(
+            f"JAX sees {len(devices)} {platform} device(s), so there is no {device!r}"
+        )
+    return devices[index or 0]
+
+
+def _torch_device(device: str) -> str:
+    import torch
+
+    kind, index = parse_device(device)
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            build = "a CPU-only build" if torch.version.cuda is None else "no GPU"
+            raise DeviceError(
+                f"torch cannot run on {device!r}: it sees no CUDA GPU (torch "
+                f"{torch.__version__}, {build})"
+            )
+        if index is not None and index >= torch.cuda.device_count():
+            raise DeviceError(
+                f"torch sees {torch.cuda.device_count()} CUDA GPU(s), so there is no "
+                f"{device!r}"
+            )
+    elif kind == "mps" and not torch.backends.mps.is_available():
+        raise DeviceError(f"torch cannot run on {device!r}: MPS is not available")
+    elif kind == "tpu":
+        raise DeviceError("torch does not run on a TPU here; use --framework jax")
+    return kind if index is None else f"{kind}:{index}"
+
+
+def _on_device(function: Callable, device) -> Callable:
+    """``function`` run with JAX's default device set to ``device``."""
+
+    @functools.wraps(function)
+    def run(*args, **kwargs):
+        import jax
+
+        with jax.default_device(device):
+            return function(*args, **kwargs)
+
+    return run
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,9 +121,9 @@ class Framework:
 
 
 def load(name: str, device: str | None = None) -> Framework:
-    """The entry points of ``name`` ("jax" or "torch"). ``device`` is torch's (default:
-    "cuda" if torch sees a GPU, else "cpu"); JAX uses its default device and takes no
-    device here."""
+    """The entry points of ``name`` ("jax" or "torch") on ``device`` ("cpu", "cuda",
+    "cuda:1", ...; default: the framework's best, see the module docstring). A device
+    it cannot reach is a DeviceError."""
     check_choice("framework", name, FRAMEWORKS)
     if name == "jax":
         import jax
@@ -56,21 +131,35 @@ def load(name: str, device: str | None = None) -> Framework:
         import jaxsae
         from jaxsae import evaluation, layerwise, training
 
+        if device is None:
+            return Framework(
+                "jax",
+                jaxsae,
+                jax.default_backend(),
+                training.train,
+                layerwise.pretrain,
+                evaluation.evaluate_checkpoint,
+                training.init_state_dict,
+            )
+        chosen = _jax_device(device)
         return Framework(
             "jax",
             jaxsae,
-            jax.default_backend(),
-            training.train,
-            layerwise.pretrain,
-            evaluation.evaluate_checkpoint,
-            training.init_state_dict,
+            chosen.platform if ":" not in device else f"{chosen.platform}:{chosen.id}",
+            _on_device(training.train, chosen),
+            _on_device(layerwise.pretrain, chosen),
+            _on_device(evaluation.evaluate_checkpoint, chosen),
+            _on_device(training.init_state_dict, chosen),
         )
     import torch
 
     import torchsae
     from torchsae import evaluation, layerwise, training
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    else:
+        device = _torch_device(device)
     return Framework(
         "torch",
         torchsae,

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 from collections.abc import Callable, Mapping
 
 import numpy as np
@@ -181,13 +182,26 @@ def pretrain(
     data: PreparedData | None = None,
     progress: bool = True,
     init: Mapping[str, np.ndarray] | None = None,
+    overwrite: bool = False,
 ) -> dict[str, list[dict]]:
     """Run the whole schedule with one package's ``train`` (which takes ``init`` and
     ``frozen``) and ``init_state_dict(config, seed)``; returns each stage's history.
 
+    A folder that holds a run is refused unless ``resume`` or ``overwrite``; with
+    ``overwrite`` the run that was there (its top-level files and its stage folders)
+    is removed before the first stage starts.
+
     ``init``: the full model's initial weights (in the pretraining's tied form) instead
     of ``init_state_dict``'s: both packages then start every layer identically."""
     stages = stage_schedule(run)
+    if resume:
+        if not os.path.isfile(os.path.join(out_dir, rundir.CONFIG)):
+            raise rundir.RunDirError(
+                f"nothing to resume in {out_dir}: it holds no layer-wise run "
+                f"(no {rundir.CONFIG})"
+            )
+    elif rundir.check_out_dir(out_dir, overwrite=overwrite):
+        _remove_run(out_dir)
     full_model = pretraining_model(run)
     if init is None:
         init = init_state_dict(full_model, run.train.seed)
@@ -227,12 +241,29 @@ def pretrain(
                 progress=progress,
                 init=start,
                 frozen=stage.frozen,
+                overwrite=not stage_resume,  # this pretraining's own stage folder
             )
         previous_path = os.path.join(stage_dir, rundir.MODEL)
         previous, previous_config = read_checkpoint(previous_path)
     with open(previous_path, "rb") as f:  # the final model, also at the top
         atomic_write(os.path.join(out_dir, rundir.MODEL), f.read())
     return histories
+
+
+def _remove_run(out_dir: str) -> None:
+    """Remove the run in ``out_dir`` that ``overwrite`` replaces: its files and the
+    stage folders of a layer-wise run (nothing else in the folder)."""
+    from saecommon import plots
+
+    for name in (*rundir.RUN_FILES, rundir.SUMMARY, *plots.RUN_PICTURES):
+        path = os.path.join(out_dir, name)
+        if os.path.isfile(path):
+            os.remove(path)
+    for name in os.listdir(out_dir):
+        path = os.path.join(out_dir, name)
+        is_stage = name == FINETUNE or name.startswith("stage-")
+        if is_stage and os.path.isdir(path) and rundir.holds_run(path):
+            shutil.rmtree(path)
 
 
 def _finished_epochs(stage_dir: str, stage: Stage) -> int | None:

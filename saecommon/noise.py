@@ -21,17 +21,18 @@ NOISE_SEED = 0
 @dataclasses.dataclass(frozen=True)
 class Noise:
     """Denoising noise for evaluation, drawn once in numpy so that jaxsae and torchsae
-    see the same noisy inputs (JAX's PRNG never matches torch's). Applied in [0, 1]
-    pixel space: the trainers' rules, which act on normalized data at the values that
-    pixels 0 and 1 take there, give the same images."""
+    see the same noisy inputs (JAX's PRNG never matches torch's). Applied to the
+    model's input by the trainers' rule (``corrupt``): the std is in the units of the
+    model's input ([-1, 1] pixels with pixel_scale symmetric), clipped to where pixels
+    0 and 1 sit there, and masking sets pixels to pixel 0."""
 
     kind: str
-    """gaussian (x + N(0, std^2), clipped to [0, 1]) or masking (a fraction
-    mask_fraction of pixels set to 0)."""
+    """gaussian (x + std * N(0, 1), clipped to the pixel range) or masking (a fraction
+    mask_fraction of pixels set to the low end of the pixel range, pixel 0)."""
     std: float = 0.1
-    """Standard deviation of Gaussian noise."""
+    """Standard deviation of Gaussian noise, in the units of the model's input."""
     mask_fraction: float = 0.25
-    """Fraction of pixels masking sets to 0, in [0, 1)."""
+    """Fraction of pixels masking sets to pixel 0, in [0, 1)."""
     seed: int = NOISE_SEED
     """Seed of numpy's default_rng."""
 
@@ -57,15 +58,17 @@ class Noise:
             return None
         return cls(tcfg.noise, tcfg.noise_std, tcfg.mask_fraction, seed)
 
-    def apply(self, pixels) -> np.ndarray:
-        """[n, features] in [0, 1] -> [n, features] float32 noisy copy."""
-        x = np.asarray(pixels, dtype=np.float32)
+    def apply(self, x, pixel_range=(0.0, 1.0)) -> np.ndarray:
+        """[n, features] model input -> [n, features] float32 noisy copy;
+        ``pixel_range`` is where pixels 0 and 1 sit (``PreparedData.pixel_range``)."""
+        x = np.asarray(x, dtype=np.float32)
+        lo, hi = np.float32(pixel_range[0]), np.float32(pixel_range[1])
         rng = np.random.default_rng(self.seed)
         if self.kind == "gaussian":
             noise = rng.standard_normal(x.shape, dtype=np.float32)
-            return np.clip(x + np.float32(self.std) * noise, 0, 1)
+            return np.clip(x + np.float32(self.std) * noise, lo, hi)
         keep = rng.random(x.shape, dtype=np.float32) >= self.mask_fraction
-        return np.where(keep, x, np.float32(0))
+        return np.where(keep, x, lo)
 
     def describe(self) -> str:
         if self.kind == "gaussian":

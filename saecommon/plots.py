@@ -18,7 +18,9 @@ from __future__ import annotations
 import math
 import os
 import pathlib
+import textwrap
 from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 import numpy as np
 from matplotlib import colormaps
@@ -26,6 +28,7 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize, to_rgba
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 
 from saecommon.architectures import layers
@@ -46,12 +49,22 @@ TILE_INCHES = 0.8
 MAX_FIGURE_INCHES = 16.0
 MAX_LEGEND_LABELS = 20
 """The code scatter drops its legend beyond this many distinct labels."""
+MAX_DICTIONARY_TILES = 256
+"""dictionary.png shows at most this many units (a 16 x 16 grid), the most frequently
+firing ones when the codes are known: labels need tiles of a readable size."""
+RARE_FREQUENCY = 0.01
+"""dictionary.png marks a unit that fires on fewer than this share of the samples
+(but on some) as rare; one that never fires as dead."""
+LABEL_BAND = 0.3
+"""Height of the label band above each dictionary row, in column pitches (tile + gap)."""
 
 LOSS_CURVES = "loss_curves.png"
 RECONSTRUCTIONS = "reconstructions.png"
 DICTIONARY = "dictionary.png"
 CODES = "codes.png"
 CODE_SCATTER = "code_scatter.png"
+RUN_PICTURES = (LOSS_CURVES, RECONSTRUCTIONS, DICTIONARY, CODES, CODE_SCATTER)
+"""The pictures a training run writes at its end (``write_run_plots``)."""
 
 
 # --------------------------------------------------------------------------- checks
@@ -115,6 +128,16 @@ def _tile_view(h: int, w: int) -> tuple[int, int, float]:
     return ry, rx, float(np.clip(ratio, 0.25, 4.0) / ratio)
 
 
+class Mosaic(NamedTuple):
+    image: np.ndarray  # uint8 RGBA [height, width, 4]
+    aspect: float  # for imshow
+    centers: list[float]  # the y centre of every grid row
+    boxes: list[tuple[float, float, float, float]]
+    """Each tile's (left, top, right, bottom) edges in imshow data coordinates."""
+    label_y: list[float]  # each tile's label band centre (data y), if there is one
+    pitch: int  # pixels from one tile's left edge to the next one's
+
+
 def _mosaic(
     rows: Sequence[np.ndarray],
     ncols: int,
@@ -122,37 +145,48 @@ def _mosaic(
     colorize,
     frame,
     pair_gap: bool = False,
-) -> tuple[np.ndarray, float, list[float]]:
+    label_band: float = 0.0,
+) -> Mosaic:
     """Tiles on a grid, each framed in ``frame``, on a transparent background.
 
-    ``rows[r]`` is [k_r, h*w] with k_r <= ncols tiles; ``colorize`` maps an [h, w]
-    array to uint8 RGBA [h, w, 4]. With ``pair_gap``, grid rows come in pairs with a
-    wider blank band between pairs. Returns (uint8 RGBA [height, width, 4], the imshow
-    aspect, the y centre of every grid row)."""
+    ``rows[r]`` is [k_r, h*w] with k_r <= ncols tiles; ``colorize(image, i)`` maps
+    tile i's (counted row-major over all rows) [h, w] array to uint8 RGBA [h, w, 4];
+    ``frame`` is one colour or one per tile. With ``pair_gap``, grid rows come in pairs
+    with a wider blank band between pairs; ``label_band`` leaves a blank band that
+    many displayed column pitches (tile + gap) high above every grid row, for labels.
+    """
     ry, rx, aspect = _tile_view(*shape)
     h, w = shape[0] * ry, shape[1] * rx
     shown = max(w, h * aspect)  # displayed tile size, in x pixels
     gy, gx = max(1, round(shown / 20 / aspect)), max(1, round(shown / 20))
-    above = [0] + [
-        4 * gy if pair_gap and r % 2 == 0 else gy for r in range(1, len(rows))
+    band = math.ceil(label_band * (w + gx) / aspect) if label_band else 0
+    above = [band] + [
+        (4 * gy if pair_gap and r % 2 == 0 else gy) + band for r in range(1, len(rows))
     ]
     # uint8 RGBA keeps a 4096-unit dictionary of 28x28 tiles to ~15 MB
     out = np.zeros(
         (2 * gy + sum(above) + len(rows) * h, gx + ncols * (w + gx), 4), np.uint8
     )
-    frame_rgba = np.round(np.asarray(to_rgba(frame)) * 255).astype(np.uint8)
-    centers = []
+    count = sum(len(tiles) for tiles in rows)
+    frames = [frame] * count if isinstance(frame, str) else list(frame)
+    frame_rgba = [
+        np.round(np.asarray(to_rgba(f)) * 255).astype(np.uint8) for f in frames
+    ]
+    centers, boxes, label_y = [], [], []
     top = gy
     for r, tiles in enumerate(rows):
         top += above[r]
         for c, tile in enumerate(tiles):
+            i = len(boxes)
             left = gx + c * (w + gx)
             image = tile.reshape(shape).repeat(ry, axis=0).repeat(rx, axis=1)
-            out[top - gy : top + h + gy, left - gx : left + w + gx] = frame_rgba
-            out[top : top + h, left : left + w] = colorize(image)
+            out[top - gy : top + h + gy, left - gx : left + w + gx] = frame_rgba[i]
+            out[top : top + h, left : left + w] = colorize(image, i)
+            boxes.append((left - 0.5, top - 0.5, left + w - 0.5, top + h - 0.5))
+            label_y.append(top - gy - band / 2 - 0.5)
         centers.append(top + (h - 1) / 2)
         top += h
-    return out, aspect, centers
+    return Mosaic(out, aspect, centers, boxes, label_y, w + gx)
 
 
 def _wrap_title(title: str, width_in: float) -> str:
@@ -173,10 +207,12 @@ def _mosaic_axes(
     title: str,
     left: float,
     right: float,
+    subtitle: str = "",
 ):
     """A figure and axes holding ``mosaic`` exactly, one tile about ``TILE_INCHES``
     wide (the image capped at ``MAX_FIGURE_INCHES``), with ``left``/``right`` inches
-    beside it for labels and colorbars and ``title`` above (on two lines if long).
+    beside it for labels and colorbars and ``title`` above (on two lines if long),
+    then ``subtitle`` in small print (its lines wrapped to the figure's width).
 
     Laid out by hand: constrained layout misjudges the margins of a fixed-aspect image
     and clipped the row labels."""
@@ -186,7 +222,12 @@ def _mosaic_axes(
         width = max(MAX_FIGURE_INCHES / shown_ratio, 1.0)
     height = width * shown_ratio
     title = _wrap_title(title, left + width + right)
-    top, bottom = 0.25 + 0.2 * (title.count("\n") + 1), 0.1
+    chars = max(20, int((left + width + right) / 0.075))  # ~0.075 inch each at 9 pt
+    sub = [
+        part for line in subtitle.splitlines() for part in textwrap.wrap(line, chars)
+    ]
+    title_in = 0.2 * (title.count("\n") + 1)
+    top, bottom = 0.25 + title_in + 0.15 * len(sub), 0.1
     fig_w, fig_h = left + width + right, bottom + height + top
     fig = Figure(figsize=(fig_w, fig_h))
     ax = fig.add_axes((left / fig_w, bottom / fig_h, width / fig_w, height / fig_h))
@@ -195,6 +236,9 @@ def _mosaic_axes(
         spine.set_visible(False)
     # centred on the figure, not the axes, so a wide label column cannot push it off
     fig.text(0.5, 1 - 0.08 / fig_h, title, ha="center", va="top", fontsize="large")
+    if sub:
+        y = 1 - (0.13 + title_in) / fig_h
+        fig.text(0.5, y, "\n".join(sub), ha="center", va="top", fontsize=9)
     return fig, ax
 
 
@@ -254,6 +298,9 @@ def _loss_panel(ax, history, metric: str, title: str, ylabel: str) -> None:
 
 
 def _finish_panel(ax, title: str, ylabel: str, drawn: bool, handles=None) -> None:
+    """Title, labels, grid and legend of a loss panel. With ``handles`` (lines on
+    more than one y axis, which ``loc="best"`` cannot see all of), the legend goes
+    above the axes, under the title, in rows of up to three, where it covers no line."""
     ax.set_title(title)
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)
@@ -262,7 +309,38 @@ def _finish_panel(ax, title: str, ylabel: str, drawn: bool, handles=None) -> Non
     if not drawn:
         ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
         return
-    ax.legend(handles=handles, fontsize="small")
+    if handles is None:
+        ax.legend(fontsize="small")
+        return
+    ncol = min(3, len(handles))
+    rows = math.ceil(len(handles) / ncol)
+    ax.legend(
+        handles=handles,
+        fontsize="small",
+        loc="lower center",
+        bbox_to_anchor=(0.5, 1.0),
+        ncol=ncol,
+        frameon=False,
+        borderaxespad=0.2,
+    )
+    ax.set_title(title, pad=8 + 14 * rows)  # points; a "small" legend row is ~12.5
+
+
+def loss_panels(history: Sequence[Mapping]) -> tuple[str, ...]:
+    """The metrics ``plot_loss_curves`` gives a panel, in order: "loss", "recon",
+    "penalty" (only when some split's penalty is non-zero in some epoch: a run
+    without a sparsity penalty logs zeros or nothing) and "l0"."""
+    penalty = any(
+        _series(history, f"{split}/penalty")[1].any() for split in SPLITS
+    )  # NaN counts as non-zero: a broken penalty must show
+    return ("loss", "recon", *(("penalty",) if penalty else ()), "l0")
+
+
+PANEL_TITLES = {
+    "loss": ("total loss", "loss"),
+    "recon": ("reconstruction loss", "reconstruction"),
+    "penalty": ("sparsity penalty", "penalty"),
+}
 
 
 def plot_loss_curves(history: list[dict], path) -> pathlib.Path:
@@ -271,15 +349,21 @@ def plot_loss_curves(history: list[dict], path) -> pathlib.Path:
     ``history[i]`` holds ``"epoch"`` (int) and any of ``"{split}/loss"``,
     ``"{split}/recon"``, ``"{split}/penalty"``, ``"{split}/l0"``,
     ``"{split}/dead_fraction"`` for split in train, val, test; a missing key (or None)
-    leaves that point or line out. Four panels: total loss, reconstruction loss,
-    penalty (log y when every value is > 0), and L0 with the dead fraction on a twin
-    axis. Returns ``path``."""
+    leaves that point or line out. Panels (:func:`loss_panels`): total loss,
+    reconstruction loss, penalty (log y when every value is > 0; left out when every
+    penalty is zero or absent), and L0 with the dead fraction on a twin axis, on a
+    2 x 2 grid, or in one row of three without the penalty. Returns ``path``."""
     history = _check_history(history)
-    fig = Figure(figsize=(11, 8), layout="constrained")
-    (ax_loss, ax_recon), (ax_pen, ax_l0) = fig.subplots(2, 2)
-    _loss_panel(ax_loss, history, "loss", "total loss", "loss")
-    _loss_panel(ax_recon, history, "recon", "reconstruction loss", "reconstruction")
-    _loss_panel(ax_pen, history, "penalty", "sparsity penalty", "penalty")
+    panels = loss_panels(history)
+    if len(panels) == 4:
+        fig = Figure(figsize=(11, 8), layout="constrained")
+        axes = list(fig.subplots(2, 2).ravel())
+    else:
+        fig = Figure(figsize=(15, 4.8), layout="constrained")
+        axes = list(fig.subplots(1, 3))
+    ax_l0 = axes[-1]
+    for ax, metric in zip(axes[:-1], panels[:-1]):
+        _loss_panel(ax, history, metric, *PANEL_TITLES[metric])
 
     handles = []
     for split in SPLITS:
@@ -305,7 +389,7 @@ def plot_loss_curves(history: list[dict], path) -> pathlib.Path:
         first = min(row["epoch"] for row in history)
         last = max(row["epoch"] for row in history)
         pad = max(0.03 * (last - first), 0.5 if last > first else 1.0)
-        for ax in (ax_loss, ax_recon, ax_pen, ax_l0):
+        for ax in axes:
             ax.set_xlim(first - pad, last + pad)
     fig.suptitle("training curves")
     return _save(fig, path)
@@ -343,11 +427,11 @@ def plot_reconstructions(
     lo, hi = (float(shown.min()), float(shown.max())) if shown.size else (0.0, 1.0)
     norm = Normalize(lo, hi if hi > lo else lo + 1.0)  # a constant batch shows black
     cmap = colormaps["gray"].with_extremes(bad="tab:red")  # NaN pixels stand out
-    mosaic, aspect, centers = _mosaic(
+    mosaic, aspect, centers, *_ = _mosaic(
         rows,
         ncols,
         (h, w),
-        lambda a: cmap(norm(a), bytes=True),
+        lambda a, _: cmap(norm(a), bytes=True),
         "#b4c3d9",
         pair_gap=True,
     )
@@ -366,30 +450,160 @@ def _grid_shape(count: int) -> tuple[int, int]:
     return math.ceil(count / cols), cols
 
 
-def plot_dictionary(decoder_weights, path, image_shape=(28, 28)) -> pathlib.Path:
+class Tile(NamedTuple):
+    """One tile of dictionary.png."""
+
+    unit: int  # the row of the dictionary it shows
+    frequency: float | None  # share of samples on which the unit fires; None: unknown
+    status: str  # "active", "rare", "dead", or "" when the frequency is unknown
+    label: str  # "u17 12%", "u3 0.39%", "u5 dead", or "u17"
+
+
+def firing_frequency(codes) -> np.ndarray:
+    """[code] float64: the share of samples on which each unit of ``codes``
+    [batch, code] is non-zero (as ``CodeStats.activation_frequency``)."""
+    z = _as_2d("codes", codes, "[batch, code]")
+    return np.mean(z != 0, axis=0)
+
+
+def format_frequency(frequency: float) -> str:
+    """A firing rate in percent as a tile label shows it: "12%", "5.3%", "0.39%",
+    "dead" for 0, and never "0%" or "100%" unless it is exactly that."""
+    pct = 100 * float(frequency)
+    if pct == 0:
+        return "dead"
+    if 99.5 <= pct < 100:
+        return ">99%"
+    return f"{pct:.0f}%" if pct >= 10 else f"{pct:.2g}%"
+
+
+def dictionary_tiles(
+    units: int,
+    frequency=None,
+    max_tiles: int = MAX_DICTIONARY_TILES,
+    rare: float = RARE_FREQUENCY,
+) -> list[Tile]:
+    """The tiles dictionary.png shows for a dictionary of ``units`` rows, in order.
+
+    With ``frequency`` [units] (each unit's firing rate, in [0, 1]): the
+    ``max_tiles`` most frequently firing units, most frequent first (ties by unit
+    index), each "dead" when it never fires, "rare" when it fires on fewer than
+    ``rare`` of the samples, else "active". Without: units 0.. in order."""
+    max_tiles = _check_n(max_tiles)
+    if frequency is None:
+        return [Tile(u, None, "", f"u{u}") for u in range(min(units, max_tiles))]
+    f = np.asarray(frequency, dtype=np.float64)
+    if f.shape != (units,):
+        raise ValueError(
+            f"frequency must be [units] = [{units}], one per dictionary row, got "
+            f"shape {f.shape}"
+        )
+    if not np.all((f >= 0) & (f <= 1)):
+        raise ValueError("frequency must hold shares in [0, 1], one per unit")
+    order = np.argsort(-f, kind="stable")[:max_tiles]
+    return [
+        Tile(
+            int(u),
+            float(f[u]),
+            "dead" if f[u] == 0 else "rare" if f[u] < rare else "active",
+            f"u{u} {format_frequency(f[u])}",
+        )
+        for u in order
+    ]
+
+
+DIM = {"rare": 0.35, "dead": 0.35}
+"""How much of a rare or dead unit's colour is kept; the rest is light grey."""
+STATUS_COLOR = {"active": "0.45", "": "0.45", "rare": "tab:orange", "dead": "tab:red"}
+"""Tile frame and label colour by status (the frame of a plain tile is dark grey)."""
+
+
+def plot_dictionary(
+    decoder_weights,
+    path,
+    image_shape=(28, 28),
+    codes=None,
+    max_tiles: int = MAX_DICTIONARY_TILES,
+) -> pathlib.Path:
     """Each code unit's decoder weights [code, h*w] (what unit j writes to the image)
     as one tile on a near-square grid, row-major from the top left, each tile scaled
     to its own max |w| and drawn with the diverging RdBu_r map (red > 0, white 0,
-    blue < 0). Returns ``path``."""
+    blue < 0), and labelled with its unit index.
+
+    With ``codes`` [batch, code] (the same units' codes on some samples), tiles are
+    ordered by firing rate, most frequent first, and the label gives the rate; units
+    firing on fewer than ``RARE_FREQUENCY`` of the samples are dimmed in an orange
+    frame, those that never fire dimmed, hatched and framed in red ("dead"). At most
+    ``max_tiles`` tiles are shown (the title says when that is not all). Returns
+    ``path``."""
     h, w = _check_image_shape(image_shape)
     spec = f"[code, h*w] = [code, {h * w}] for image_shape {(h, w)}"
     weights = _as_2d("decoder_weights", decoder_weights, spec, h * w)
-    scale = np.max(np.where(np.isnan(weights), 0, np.abs(weights)), axis=1)  # [code]
-    scale[~(scale > 0) | ~np.isfinite(scale)] = 1.0  # an all-zero unit stays white
-    tiles = weights / scale[:, None]  # [code, h*w] in [-1, 1]
-
     count = weights.shape[0]
-    nrows, ncols = _grid_shape(count)
-    rows = [tiles[r * ncols : (r + 1) * ncols] for r in range(nrows)]
+    frequency = samples = None
+    if codes is not None:
+        z = _as_2d("codes", codes, f"[batch, code] = [batch, {count}]", count)
+        frequency, samples = firing_frequency(z), z.shape[0]
+    tiles = dictionary_tiles(count, frequency, max_tiles)
+    weights = weights[[t.unit for t in tiles]]
+    scale = np.max(np.where(np.isnan(weights), 0, np.abs(weights)), axis=1)  # [tiles]
+    scale[~(scale > 0) | ~np.isfinite(scale)] = 1.0  # an all-zero unit stays white
+    weights = weights / scale[:, None]  # [tiles, h*w] in [-1, 1]
+
+    nrows, ncols = _grid_shape(len(tiles))
+    rows = [weights[r * ncols : (r + 1) * ncols] for r in range(nrows)]
     norm = Normalize(-1.0, 1.0)
     cmap = colormaps["RdBu_r"].with_extremes(bad="black")  # NaN weights stand out
-    mosaic, aspect, _ = _mosaic(
-        rows, ncols, (h, w), lambda a: cmap(norm(a), bytes=True), "0.45"
-    )
+
+    def colorize(a, i):
+        rgba = cmap(norm(a))
+        keep = DIM.get(tiles[i].status, 1.0)  # a rare unit must not look as strong
+        rgba[..., :3] = keep * rgba[..., :3] + (1 - keep) * 0.85
+        return np.round(rgba * 255).astype(np.uint8)
+
+    frames = [STATUS_COLOR[t.status] for t in tiles]
+    grid = _mosaic(rows, ncols, (h, w), colorize, frames, label_band=LABEL_BAND)
     s = "s" if count > 1 else ""
-    title = f"decoder dictionary, {count} unit{s} (each scaled to its own max |w|)"
-    fig, ax = _mosaic_axes(mosaic, aspect, ncols, title, left=0.1, right=1.1)
+    shown = f"{count} unit{s}"
+    if len(tiles) < count:
+        which = "most frequent" if frequency is not None else "first"
+        shown = f"the {len(tiles)} {which} of {count} units"
+    if frequency is None:
+        title = f"decoder dictionary, {shown} (each scaled to its own max |w|)"
+        subtitle = ""
+    else:
+        dead = int(np.sum(frequency == 0))
+        rare = int(np.sum((frequency > 0) & (frequency < RARE_FREQUENCY)))
+        title = f"decoder dictionary, {shown}, most frequent first"
+        subtitle = (
+            f"label: unit and share of {samples} samples it fires on; each tile "
+            f"scaled to its own max |w|\n{rare} rare (< {RARE_FREQUENCY:.0%}): "
+            f"dimmed, orange; {dead} dead (never fire): dimmed, hatched, red"
+        )
+    fig, ax = _mosaic_axes(
+        grid.image, grid.aspect, ncols, title, 0.1, 1.1, subtitle=subtitle
+    )
     _no_ticks(ax)
+    # label size from the column pitch in points: up to 11 characters of ~0.6 em
+    pitch_pt = ax.get_position().width * fig.get_figwidth() * 72 * grid.pitch
+    fontsize = float(np.clip(pitch_pt / grid.image.shape[1] / 7, 3, 8))
+    for tile, (x0, y0, x1, y1), y in zip(tiles, grid.boxes, grid.label_y):
+        color = "black" if tile.status in ("active", "") else STATUS_COLOR[tile.status]
+        ax.text(
+            (x0 + x1) / 2,
+            y,
+            tile.label,
+            ha="center",
+            va="center",
+            fontsize=fontsize,
+            color=color,
+        )
+        if tile.status == "dead":
+            hatch = Rectangle(
+                (x0, y0), x1 - x0, y1 - y0, fill=False, hatch="///", linewidth=0
+            )
+            hatch.set_edgecolor(to_rgba(STATUS_COLOR["dead"], 0.6))
+            ax.add_patch(hatch)
     pos, inch = ax.get_position(), 1 / fig.get_figwidth()
     cax = fig.add_axes(
         (pos.x1 + 0.2 * inch, pos.y0 + 0.1 * pos.height, 0.15 * inch, 0.8 * pos.height)
@@ -505,6 +719,18 @@ def dictionary_weights(
     return weight.T, None  # [input, h1] -> [h1, input]
 
 
+def dictionary_is_code(config) -> bool:
+    """Whether the rows of :func:`dictionary_weights` are the code units (so the codes
+    say how often each one fires): with one linear decoder layer (the one-layer MLP,
+    the conv model), or tied to a one-layer encoder. Not for deeper MLPs (the rows are
+    the first hidden layer's units) nor fullconv (the last layer's input channels)."""
+    found = layers(config)
+    if config.tied:
+        return sum(layer.name.startswith("encoder.") for layer in found) == 1
+    decoders = [layer for layer in found if layer.name.startswith("decoder.")]
+    return len(decoders) == 1 and decoders[0].kind == "linear"
+
+
 # --------------------------------------------------------------------------- run
 
 
@@ -518,6 +744,7 @@ def write_run_plots(
     labels=None,
     image_shape=(28, 28),
     dictionary_shape=None,
+    dictionary_is_code: bool | None = None,
 ) -> list[pathlib.Path]:
     """Write the end-of-run pictures into ``out_dir`` and return their paths, in order:
     loss_curves.png, reconstructions.png, dictionary.png, codes.png, and
@@ -525,8 +752,15 @@ def write_run_plots(
 
     ``inputs``/``reconstructions`` [batch, h*w]; ``decoder_weights`` [code, h*w];
     ``codes`` [batch, code]. ``dictionary_shape`` is the tile shape of the dictionary
-    when it is not ``image_shape`` (a transposed-conv decoder's kernels)."""
+    when it is not ``image_shape`` (a transposed-conv decoder's kernels).
+    ``dictionary_is_code``: whether the dictionary's rows are the code units (see
+    :func:`dictionary_is_code`), so that its tiles are ordered and labelled by how
+    often ``codes`` fire; None: when their counts match."""
     out = pathlib.Path(os.fspath(out_dir))
+    if dictionary_is_code is None:
+        dictionary_is_code = np.ndim(codes) == 2 and (
+            np.shape(codes)[1] == np.shape(decoder_weights)[0]
+        )
     paths = [
         plot_loss_curves(history, out / LOSS_CURVES),
         plot_reconstructions(
@@ -536,6 +770,7 @@ def write_run_plots(
             decoder_weights,
             out / DICTIONARY,
             image_shape=dictionary_shape or image_shape,
+            codes=codes if dictionary_is_code else None,
         ),
         plot_codes(codes, out / CODES),
     ]

@@ -10,7 +10,14 @@ import time
 
 
 class EpochProgress:
-    """An epoch progress bar (tqdm) on a terminal; one plain line per epoch in a log."""
+    """An epoch progress bar (tqdm) on a terminal; one plain line per epoch in a log.
+    Inside a long epoch, ``step`` shows the steps done: in the bar's description on a
+    terminal, or a line every ``LOG_EVERY`` seconds in a log."""
+
+    LOG_EVERY = 10.0
+    """Seconds between a log's step lines (an epoch shorter than this prints none)."""
+    BAR_EVERY = 0.5
+    """Seconds between the terminal bar's step updates."""
 
     SHOWN = ("train/loss", "test/loss", "val/loss", "test/l0", "lr")
     """The metrics of an epoch's row that the bar (or line) shows."""
@@ -19,17 +26,39 @@ class EpochProgress:
         self.enabled = enabled
         self.total = total
         self.start = time.perf_counter()
+        self.epoch = initial + 1  # the epoch the next steps belong to
+        self.epoch_start = self.last_shown = self.start
         self.bar = (
             _terminal_bar(total=total, initial=initial, unit="epoch")
             if enabled
             else None
         )
 
+    def step(self, done: int, steps: int) -> None:
+        """``done`` of the current epoch's ``steps`` have run (throttled display)."""
+        if not self.enabled:
+            return
+        now = time.perf_counter()
+        if self.bar is not None:
+            if now - self.last_shown >= self.BAR_EVERY or done == steps:
+                self.bar.set_description_str(f"step {done}/{steps}")
+                self.last_shown = now
+        elif now - self.last_shown >= self.LOG_EVERY and done < steps:
+            print(
+                f"epoch {self.epoch}/{self.total} step {done}/{steps} "
+                f"({now - self.epoch_start:.1f}s into the epoch)",
+                flush=True,
+            )
+            self.last_shown = now
+
     def update(self, row: dict) -> None:
         if not self.enabled:
             return
+        self.epoch = row["epoch"] + 1
+        self.epoch_start = self.last_shown = time.perf_counter()
         shown = {k.replace("/", " "): row[k] for k in self.SHOWN if k in row}
         if self.bar is not None:
+            self.bar.set_description_str("", refresh=False)
             self.bar.set_postfix(
                 {k: f"{v:.4g}" for k, v in shown.items()}, refresh=False
             )

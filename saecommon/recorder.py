@@ -32,6 +32,15 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or inf; the last good checkpoint is kept."""
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGINT) during training, said in one line: where it stopped and what
+    was saved. ``resumable``: a checkpoint of this run is on disk."""
+
+    def __init__(self, message: str, resumable: bool):
+        super().__init__(message)
+        self.resumable = resumable
+
+
 class DeadCodeWarning(RuntimeWarning):
     """Every code unit takes one value on every test sample (zero, or a constant left
     by a dead inner layer): the code collapsed and the decoder gives one picture."""
@@ -47,15 +56,20 @@ def check_batch_size(train: TrainConfig, data: PreparedData) -> None:
         )
 
 
-def epoch_means(step_metrics: Mapping[str, np.ndarray], epoch: int, prefix="train"):
+def epoch_means(
+    step_metrics: Mapping[str, np.ndarray],
+    epoch: int,
+    prefix="train",
+    kept="the last good checkpoint is kept",
+):
     """Per-step metric arrays -> their epoch means; raises TrainingDiverged naming the
-    first step whose loss is not finite."""
+    first step whose loss is not finite (and saying what is ``kept``)."""
     loss = np.asarray(step_metrics["loss"])
     bad = np.flatnonzero(~np.isfinite(loss))
     if bad.size:
         raise TrainingDiverged(
             f"the loss became {loss[bad[0]]} at epoch {epoch + 1}, step {bad[0] + 1} "
-            f"of {loss.size}; training stopped and the last good checkpoint is kept"
+            f"of {loss.size}; training stopped and {kept}"
         )
     return {f"{prefix}/{k}": float(np.mean(v)) for k, v in step_metrics.items()}
 
@@ -78,13 +92,24 @@ def format_summary(summary: dict) -> str:
     final = summary["final"]
     lines = [f"trained {summary['epochs']} epochs in {summary['train_seconds']:.1f}s"]
     for split in ("train", "val", "test"):
-        keys = [k for k in final if k.startswith(split + "/")]
+        keys = sorted(
+            (k for k in final if k.startswith(split + "/")), key=_summary_order
+        )
         if keys:
             lines.append(
                 f"  {split:5s} "
                 + "  ".join(f"{k.split('/')[1]}={final[k]:.5g}" for k in keys)
             )
     return "\n".join(lines)
+
+
+SUMMARY_ORDER = ("loss", "recon", "penalty", "l0", "dead_fraction", "constant_fraction")
+"""The printed summary's metrics, in this order (others follow, sorted)."""
+
+
+def _summary_order(key: str) -> tuple[int, str]:
+    name = key.split("/", 1)[1]
+    return (SUMMARY_ORDER.index(name), "") if name in SUMMARY_ORDER else (99, name)
 
 
 def finish_run(
@@ -117,12 +142,28 @@ def finish_run(
         labels=data.test_labels[:PREVIEW],
         image_shape=image_shape,
         dictionary_shape=tile_shape,
+        dictionary_is_code=plots.dictionary_is_code(run.model),
     )
     summary = summarize(history, seconds)
     rundir.write_summary(out_dir, summary)
     if progress:
         print(format_summary(summary), flush=True)
     return summary
+
+
+def check_epochs(out_dir, done: int, epochs: int) -> None:
+    """Resuming a run that has ``done`` epochs to ``epochs`` in all: fewer is an
+    error, and so is the same number once the run has finished (nothing to do)."""
+    if epochs < done:
+        raise ValueError(
+            f"{out_dir} has trained {done} epochs: resuming it to {epochs} epochs would "
+            f"leave its model at epoch {done}; give epochs > {done} to train further"
+        )
+    if epochs == done and os.path.isfile(os.path.join(out_dir, rundir.SUMMARY)):
+        raise ValueError(
+            f"{out_dir} has finished all {done} of its epochs: nothing to resume; "
+            f"give epochs > {done} to train further"
+        )
 
 
 class RunRecorder:
@@ -160,7 +201,13 @@ class RunRecorder:
             self.plateau = Plateau(**meta["plateau"])
             self.history = meta["history"]
             self.resumed = arrays, meta
-        rundir.write_run_config(out_dir, run)
+            check_epochs(out_dir, len(self.history), tcfg.epochs)
+        # A new run writes nothing before its first epoch is saved, and stages that
+        # first save (rundir.commit_files): an interrupted start leaves the folder as
+        # it was. config.json is written with the first save of every process.
+        self.fresh = not resume
+        self.saved = False
+        self.epoch = self.step = None  # where training is, for an interruption
         self.progress = progress
         self.bar = EpochProgress(
             tcfg.epochs, initial=len(self.history), enabled=progress
@@ -177,14 +224,45 @@ class RunRecorder:
         """The splits evaluated each epoch: "test", and "val" first when held out."""
         return ("test",) if self.data.val_is_test else ("val", "test")
 
-    def begin_epoch(self) -> None:
+    def begin_epoch(self, epoch: int) -> None:
         self.epoch_start = time.perf_counter()
+        self.epoch, self.step = epoch, None
+
+    def step_done(self, step: int, steps: int) -> None:
+        """Step ``step`` (from 1) of ``steps`` of the current epoch has run: progress
+        inside long epochs, and where an interruption happened."""
+        self.step = (step, steps)
+        self.bar.step(step, steps)
+
+    def interrupted(self) -> TrainingInterrupted:
+        """The one-line account of a Ctrl-C: where training was, what is saved."""
+        where = "before the first epoch"
+        if self.epoch is not None:
+            where = f"in epoch {self.epoch + 1} of {self.run.train.epochs}"
+            if self.step is not None:
+                where += f", after step {self.step[0]} of {self.step[1]}"
+        if self.history:
+            kept = (
+                f"the last checkpoint is epoch {len(self.history)} ({self.state_path})"
+            )
+        elif self.fresh:
+            kept = "no epoch finished, so nothing was written"
+        else:
+            kept = "nothing new was saved"
+        return TrainingInterrupted(
+            f"interrupted {where}; {kept}", resumable=bool(self.history)
+        )
 
     def row(self, epoch: int, lr: float, step_metrics, eval_metrics) -> dict:
         """The epoch's metrics: train means (raising TrainingDiverged on a non-finite
         loss), then ``eval_metrics(split)`` for "val" (if held out) and "test"."""
         row = {"epoch": epoch + 1, "lr": lr}
-        row.update(epoch_means(step_metrics, epoch))
+        kept = (
+            "the last good checkpoint is kept"
+            if self.history
+            else "nothing was written (no epoch finished)"
+        )
+        row.update(epoch_means(step_metrics, epoch, kept=kept))
         for split in self.eval_splits:
             row.update({f"{split}/{k}": v for k, v in eval_metrics(split).items()})
         if row["test/constant_fraction"] == 1 and not self.warned_dead:
@@ -229,9 +307,28 @@ class RunRecorder:
             "plateau": plateau,
             **meta,
         }
-        rundir.write_train_state(self.state_path, arrays, meta)
-        write_model(os.path.join(self.out_dir, rundir.MODEL))
-        rundir.write_history(self.out_dir, self.history)
+        stage = self.fresh and not self.saved
+        os.makedirs(self.out_dir, exist_ok=True)
+
+        def path(name: str) -> str:
+            if stage:
+                return rundir.staged_path(self.out_dir, name)
+            return os.path.join(self.out_dir, name)
+
+        rundir.write_train_state(path(rundir.TRAIN_STATE), arrays, meta)
+        write_model(path(rundir.MODEL))
+        rundir.write_history(self.out_dir, self.history, path(rundir.HISTORY))
+        if not self.saved:  # this process's config (on resume: its epochs)
+            rundir.write_run_config(self.out_dir, self.run, path(rundir.CONFIG))
+        if stage:  # the run's files, in together; a replaced run's results out
+            from saecommon import plots
+
+            rundir.commit_files(
+                self.out_dir,
+                {name: path(name) for name in rundir.RUN_FILES},
+                stale=(rundir.SUMMARY, *plots.RUN_PICTURES),
+            )
+        self.saved = True
         self.bar.update(row)
 
     def close(self) -> None:

@@ -65,7 +65,10 @@ def write_report(
             image_shape=shape,
         ),
         plots.plot_dictionary(
-            weights, out / plots.DICTIONARY, image_shape=tile_shape or shape
+            weights,
+            out / plots.DICTIONARY,
+            image_shape=tile_shape or shape,
+            codes=test.code if plots.dictionary_is_code(config) else None,
         ),
         plots.plot_codes(test.code[:256], out / plots.CODES),
         plots.plot_activation_frequency(

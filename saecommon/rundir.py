@@ -8,6 +8,13 @@ A run directory holds:
     train_state.safetensors everything --resume needs: params, optimizer state, epoch,
                             schedule state, history (framework-specific)
     summary.json, *.png     written at the end
+
+A folder that holds a run (any of config.json, metrics.jsonl, model.safetensors,
+train_state.safetensors) is never written into by a new run unless the caller says
+``overwrite`` (:func:`check_out_dir`); ``resume`` continues it. A new run writes
+nothing until its first epoch is saved, and then stages that epoch's files and moves
+them in together (:func:`commit_files`), so a start that is interrupted (a crash, a
+kill, a divergence in the first epoch) leaves what was there as it was.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import os
 from collections.abc import Mapping
 
 import numpy as np
+from safetensors import safe_open
 from safetensors.numpy import save as _save_bytes
 
 from saecommon.checkpoint import CheckpointError, atomic_write, read_safetensors
@@ -29,13 +37,175 @@ MODEL = "model.safetensors"
 TRAIN_STATE = "train_state.safetensors"
 SUMMARY = "summary.json"
 TRAIN_STATE_FORMAT = "sae-train-state"
+RUN_FILES = (CONFIG, HISTORY, MODEL, TRAIN_STATE)
+"""The files whose presence makes a folder hold a run."""
+STAGED = ".new-"
+"""Prefix of a file staged by :func:`commit_files` (left over only by a kill)."""
 
 
-def write_run_config(out_dir: str | os.PathLike, run: RunConfig) -> None:
-    """config.json, creating ``out_dir`` if needed."""
+class RunDirError(ValueError):
+    """The output folder cannot be used as asked: it holds a run that would be lost,
+    it has nothing to resume, or it cannot be written."""
+
+
+def holds_run(out_dir: str | os.PathLike) -> bool:
+    """Whether ``out_dir`` holds (part of) a training run."""
+    return any(os.path.exists(os.path.join(out_dir, name)) for name in RUN_FILES)
+
+
+def _state_framework(path: str) -> str | None:
+    """The framework that wrote the train state at ``path`` (read from its header
+    only), or None when there is none or it cannot be read."""
+    if not os.path.isfile(path):
+        return None
+    try:
+        with safe_open(path, "np") as f:
+            return json.loads(f.metadata()["meta"]).get("framework")
+    except Exception:  # a damaged or foreign file: say nothing about it
+        return None
+
+
+def run_framework(out_dir: str | os.PathLike) -> str | None:
+    """The framework of the run in ``out_dir`` (its train state's, or for a layer-wise
+    run its stages'), or None when none can be told."""
+    found = _state_framework(os.path.join(out_dir, TRAIN_STATE))
+    if found is None and os.path.isdir(out_dir):
+        for name in sorted(os.listdir(out_dir)):
+            found = _state_framework(os.path.join(out_dir, name, TRAIN_STATE))
+            if found:
+                break
+    return found
+
+
+def describe_run(out_dir: str | os.PathLike) -> str:
+    """What run ``out_dir`` holds, in a few words, for messages: its framework, its
+    model and how far it got ("a finished jax run of 784-64 top-16, 6 of 6 epochs")."""
+    parts = []
+    framework = run_framework(out_dir)
+    epochs = (
+        len(read_history(out_dir))
+        if os.path.isfile(os.path.join(out_dir, HISTORY))
+        else 0
+    )
+    finished = os.path.isfile(os.path.join(out_dir, SUMMARY))
+    try:
+        run = read_run_config(out_dir)
+    except Exception:
+        run = None
+    what = "a finished" if finished else "an unfinished" if epochs else "a"
+    parts.append(f"{what} {framework + ' ' if framework else ''}run")
+    if run is not None:
+        parts.append(f"of {_model_words(run.model)}")
+        parts.append(f"{epochs} of {run.train.epochs} epochs done")
+    else:
+        parts.append(f"{epochs} epochs done")
+    return f"{' '.join(parts[:2])}, {parts[2]}"
+
+
+def _model_words(model) -> str:
+    """ "mlp 784-64, top-16, l1 penalty" and the like."""
+    if model.architecture == "mlp":
+        words = [
+            f"mlp {'-'.join(str(d) for d in (model.input_dim, *model.hidden_dims))}"
+        ]
+    else:
+        words = [f"{model.architecture} (code {model.code_dim})"]
+    if model.topk:
+        words.append(f"top-{model.topk}")
+    if model.lifetime_k or model.lifetime_rate:
+        words.append("lifetime top-k")
+    if model.penalty != "none":
+        words.append(f"{model.penalty} penalty")
+    return ", ".join(words)
+
+
+def _present(out_dir) -> str:
+    names = [name for name in RUN_FILES if os.path.exists(os.path.join(out_dir, name))]
+    return ", ".join(names)
+
+
+def check_writable(out_dir: str | os.PathLike) -> None:
+    """RunDirError when ``out_dir`` is a file, sits inside a file, or cannot be
+    created or written. Creates nothing: a run makes its folder when it first saves."""
+    out_dir = os.path.abspath(os.fspath(out_dir))
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise RunDirError(f"the output folder {out_dir} is a file, not a folder")
+    existing = out_dir
+    while not os.path.exists(existing):  # the folder, or the nearest one above it
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise RunDirError(
+            f"cannot create the output folder {out_dir}: {existing} is a file"
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        what = "the output folder" if existing == out_dir else "its parent folder"
+        raise RunDirError(
+            f"cannot write into {out_dir}: {what} {existing} is not writable"
+        )
+
+
+def check_out_dir(
+    out_dir: str | os.PathLike, *, resume: bool = False, overwrite: bool = False
+) -> bool:
+    """Make sure a run may go into ``out_dir``, before any data is loaded: it is (or
+    can be made) a writable folder; a new run does not land on an earlier one unless
+    ``overwrite``; ``resume`` has a train state to continue. Writes nothing.
+    Returns whether a new run will replace one that is there (``overwrite``).
+    Raises RunDirError."""
+    out_dir = os.fspath(out_dir)
+    if resume and overwrite:
+        raise RunDirError(
+            "resume continues the run in the folder; overwrite replaces "
+            "it: ask for one of them"
+        )
+    check_writable(out_dir)
+    if resume:
+        if not os.path.isfile(os.path.join(out_dir, TRAIN_STATE)):
+            raise RunDirError(
+                f"nothing to resume in {out_dir}: it has no {TRAIN_STATE}"
+                + (
+                    " (its run stopped before its first epoch was saved)"
+                    if not holds_run(out_dir)
+                    else ""
+                )
+            )
+        return False
+    if not holds_run(out_dir):
+        return False
+    if not overwrite:
+        raise RunDirError(
+            f"{out_dir} already holds {describe_run(out_dir)} ({_present(out_dir)}); "
+            "to keep it, choose "
+            "another output folder; to continue it, resume; to replace it, overwrite"
+        )
+    return True
+
+
+def commit_files(
+    out_dir: str | os.PathLike, staged: Mapping[str, str], stale: tuple[str, ...] = ()
+) -> None:
+    """Move staged files into place (``staged``: final name -> staged path, each
+    already complete on disk), after removing ``stale`` names (a replaced run's
+    summary and pictures). The train state moves first: ``resume`` trusts it."""
+    for name in stale:
+        path = os.path.join(out_dir, name)
+        if os.path.isfile(path):
+            os.remove(path)
+    for name in sorted(staged, key=lambda name: name != TRAIN_STATE):
+        os.replace(staged[name], os.path.join(out_dir, name))
+
+
+def staged_path(out_dir: str | os.PathLike, name: str) -> str:
+    """Where :func:`commit_files` expects ``name``'s new contents."""
+    return os.path.join(out_dir, STAGED + name)
+
+
+def write_run_config(
+    out_dir: str | os.PathLike, run: RunConfig, path: str | None = None
+) -> None:
+    """config.json (or ``path``), atomically, creating ``out_dir`` if needed."""
     os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, CONFIG), "w") as f:
-        f.write(run.to_json())
+    atomic_write(path or os.path.join(out_dir, CONFIG), run.to_json().encode())
 
 
 def read_run_config(out_dir: str | os.PathLike) -> RunConfig:
@@ -88,10 +258,13 @@ def same_but_epochs(a: RunConfig, b: RunConfig) -> bool:
     return strip(a) == strip(b)
 
 
-def write_history(out_dir: str | os.PathLike, history: list[dict]) -> None:
-    """metrics.jsonl, rewritten whole from the history (so a resume never duplicates)."""
+def write_history(
+    out_dir: str | os.PathLike, history: list[dict], path: str | None = None
+) -> None:
+    """metrics.jsonl (or ``path``), rewritten whole from the history (so a resume never
+    duplicates)."""
     text = "".join(json.dumps(row, sort_keys=True) + "\n" for row in history)
-    atomic_write(os.path.join(out_dir, HISTORY), text.encode())
+    atomic_write(path or os.path.join(out_dir, HISTORY), text.encode())
 
 
 def read_history(out_dir: str | os.PathLike) -> list[dict]:

@@ -21,7 +21,19 @@ from saecommon.config import (
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine", "plateau")
 NOISES = ("none", "gaussian", "masking")
+PIXEL_SCALES = ("unit", "symmetric")
 SHUFFLE_SOURCES = ("framework", "numpy")
+DATA_FIELDS = (
+    "dataset",
+    "pixel_scale",
+    "normalize",
+    "val_fraction",
+    "noise",
+    "noise_std",
+    "mask_fraction",
+)
+"""The TrainConfig fields that say what data a model sees (--help's "data" group; the
+evaluation may override them: ``evaluation.EVAL_FIELDS``)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,14 +65,26 @@ class TrainConfig:
     plateau_patience: int = 10
     """Epochs without improvement before reduce-on-plateau acts."""
     noise: str = "none"
-    """Denoising: none, gaussian (x + N(0, noise_std^2), clipped to [0, 1]) or masking
-    (a fraction mask_fraction of pixels set to 0). The target is the clean input."""
+    """Denoising, applied to the model's input (after pixel_scale and normalize):
+    none, gaussian (x + noise_std * N(0, 1), clipped to where pixels 0 and 1 sit:
+    [0, 1], or [-1, 1] with pixel_scale symmetric) or masking (a fraction
+    mask_fraction of pixels set to pixel 0: 0, or -1 with pixel_scale symmetric). The
+    target is the clean input."""
     noise_std: float = 0.1
-    """Standard deviation of Gaussian noise."""
+    """Standard deviation of Gaussian noise, in the units of the model's input: [0, 1]
+    pixels; [-1, 1] with pixel_scale symmetric (std 1 there is std 0.5 in [0, 1]
+    pixels, the tutorial's noise); standardized units with normalize."""
     mask_fraction: float = 0.25
-    """Fraction of pixels masking noise sets to 0, in [0, 1)."""
+    """Fraction of pixels masking noise sets to pixel 0, in [0, 1)."""
     normalize: bool = False
     """Standardise pixels with the training set's mean/std (after scaling to [0, 1])."""
+    pixel_scale: str = "unit"
+    """How uint8 pixels p become the model's input: unit (p / 255, in [0, 1]) or
+    symmetric ((p / 255 - 0.5) / 0.5, in [-1, 1]: torchvision's Normalize((0.5,),
+    (0.5,)), for a tanh output). Pictures and PSNR map the data back to [0, 1]. Not
+    with normalize: standardizing undoes any such affine map (the data would be
+    normalize's alone), so asking for both is an error rather than a silent no-op.
+    Not with loss bce, whose targets must lie in [0, 1]."""
     val_fraction: float = 0.0
     """Hold out this last fraction of the training set for validation; 0 validates on
     the test split."""
@@ -118,6 +142,13 @@ class TrainConfig:
             raise ConfigError(
                 f"normalize must be true or false, got {self.normalize!r}"
             )
+        check_choice("pixel_scale", self.pixel_scale, PIXEL_SCALES)
+        if self.normalize and self.pixel_scale != "unit":
+            raise ConfigError(
+                f"pixel_scale {self.pixel_scale!r} with normalize: standardizing "
+                "undoes the scaling (the data would be normalize's alone); set "
+                "pixel_scale 'unit' or normalize false"
+            )
         check_float("val_fraction", self.val_fraction)
         if not 0 <= self.val_fraction < 1:
             raise ConfigError(
@@ -158,6 +189,11 @@ class RunConfig:
         if isinstance(self.train, dict):
             object.__setattr__(
                 self, "train", from_fields(TrainConfig, self.train, "TrainConfig")
+            )
+        if self.model.loss == "bce" and self.train.pixel_scale != "unit":
+            raise ConfigError(
+                "bce needs targets in [0, 1] (and a sigmoid output): set pixel_scale "
+                f"'unit' (got {self.train.pixel_scale!r}), or use loss mse"
             )
 
     def to_json(self) -> str:

@@ -18,13 +18,25 @@ from saecommon.data import DataError
 from saecommon.evaluation import EVAL_FIELDS
 from saecommon.noise import NOISE_SEED
 from saecommon.report import format_report
-from saecommon.train_config import NOISES
+from saecommon.train_config import NOISES, PIXEL_SCALES
 
 
 def _bool(text: str) -> bool:
     if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
         raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
     return text.lower() in ("true", "1", "yes")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number, got {text!r}"
+        ) from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,10 +64,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--noise-seed", type=int, default=NOISE_SEED, help="seed of the denoising noise"
     )
     parser.add_argument(
-        "--batch-size", type=int, help="evaluation batch (default: the run's)"
+        "--batch-size",
+        type=_positive_int,
+        help="evaluation batch (default: the run's eval_batch_size)",
     )
     parser.add_argument(
-        "--device", default=None, help="torch device (default: cuda if present)"
+        "--device",
+        help="cpu, cuda (or gpu), cuda:N, tpu, mps; the same for both frameworks "
+        "(default: a GPU when the framework sees one, else cpu)",
     )
     parser.add_argument("--quiet", action="store_true", help="print the table only")
     group = parser.add_argument_group(
@@ -63,6 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     group.add_argument("--dataset", help="mnist, a folder of IDX files, or tfds:NAME")
     group.add_argument("--data-dir", dest="dataset", help="the same as --dataset DIR")
+    group.add_argument(
+        "--pixel-scale",
+        choices=PIXEL_SCALES,
+        help="the model was trained on pixels in [0, 1] (unit) or [-1, 1] (symmetric)",
+    )
     group.add_argument(
         "--normalize",
         type=_bool,

@@ -7,10 +7,24 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from saecommon.checkpoint import CheckpointError, read_checkpoint, write_checkpoint
+from saecommon.checkpoint import (
+    FORMAT_VERSION,
+    CheckpointError,
+    read_checkpoint,
+    write_checkpoint,
+)
 from saecommon.config import SAEConfig
 
 CFG = SAEConfig(input_dim=12, hidden_dims=(10, 6), topk=2, tied=True)
+
+
+def metadata(config_json, version=FORMAT_VERSION):
+    """The metadata write_checkpoint puts in a checkpoint's header."""
+    return {
+        "format": "sae-checkpoint",
+        "format_version": version,
+        "config": config_json,
+    }
 
 
 def save(fw, path, sd, cfg):
@@ -62,7 +76,7 @@ def test_file_whose_tensors_contradict_its_config(fw, tmp_path):
     sd = fw.init(CFG, 0)
     sd["encoder.0.bias"] = np.zeros(7, np.float32)
     path = tmp_path / "bad.safetensors"
-    save_file(sd, path, metadata={"format": "sae-checkpoint", "config": CFG.to_json()})
+    save_file(sd, path, metadata=metadata(CFG.to_json()))
     with pytest.raises(
         CheckpointError, match=r"encoder.0.bias: checkpoint \(7,\), model \(10,\)"
     ):
@@ -86,11 +100,7 @@ def test_foreign_safetensors_and_missing_files(fw, tmp_path):
         fw.pkg.load_checkpoint(path)
     with pytest.raises(CheckpointError, match="no checkpoint at"):
         fw.pkg.load_checkpoint(tmp_path / "absent.safetensors")
-    save_file(
-        fw.init(CFG, 0),
-        path,
-        metadata={"format": "sae-checkpoint", "config": '{"topk": 0}'},
-    )
+    save_file(fw.init(CFG, 0), path, metadata=metadata('{"topk": 0}'))
     with pytest.raises(
         CheckpointError, match="holds an invalid config: topk must be >= 1"
     ):
@@ -153,3 +163,34 @@ def test_atomic_writes_are_readable_like_open_writes(tmp_path):
     mode = lambda p: os.stat(p).st_mode & 0o777  # noqa: E731
     assert mode(tmp_path / "a.bin") == mode(tmp_path / "b.bin")
     assert (tmp_path / "a.bin").read_bytes() == b"x"
+
+
+@pytest.mark.parametrize(
+    "bad, counts", [(np.nan, "1 NaN, 0 inf"), (np.inf, "0 NaN, 1 inf")]
+)
+def test_non_finite_weights_are_refused_naming_the_tensor(fw, tmp_path, bad, counts):
+    sd = fw.init(CFG, 0)
+    sd["encoder.1.weight"][2, 3] = bad
+    path = tmp_path / "diverged.safetensors"
+    save_file(sd, path, metadata=metadata(CFG.to_json()))
+    with pytest.raises(CheckpointError) as err:
+        fw.pkg.load_checkpoint(path)
+    assert str(err.value) == (
+        f"{path} holds non-finite weights: encoder.1.weight ({counts} of 60 values); "
+        "the run that wrote it diverged or the file is corrupt"
+    )
+
+
+@pytest.mark.parametrize("version", ["2", "0", None])
+def test_an_unknown_format_version_is_refused(fw, tmp_path, version):
+    path = tmp_path / "future.safetensors"
+    header = metadata(CFG.to_json(), version)
+    if version is None:
+        del header["format_version"]
+    save_file(fw.init(CFG, 0), path, metadata=header)
+    found = "no format_version" if version is None else f"format_version {version!r}"
+    with pytest.raises(CheckpointError) as err:
+        fw.pkg.load_checkpoint(path)
+    assert str(err.value) == (
+        f"{path} has {found}; this code reads format_version '1' only"
+    )

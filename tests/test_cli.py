@@ -61,6 +61,27 @@ def test_presets_match_the_published_setups():
         assert RunConfig.from_json(run.to_json()) == run
 
 
+def test_the_tanh_presets_are_the_tutorials():
+    tanh, denoise = PRESETS["mnist-tanh-kl"], PRESETS["mnist-tanh-kl-denoise"]
+    assert tanh.model == denoise.model
+    m = tanh.model
+    assert (m.input_dim, m.hidden_dims, m.code_activation, m.output_activation) == (
+        784,
+        (64,),
+        "sigmoid",
+        "tanh",
+    )
+    assert (m.penalty, m.loss, tanh.train.pixel_scale) == ("kl", "mse", "symmetric")
+    assert (tanh.train.noise, denoise.train.noise, denoise.train.noise_std) == (
+        "none",
+        "gaussian",
+        1.0,
+    )
+    assert denoise.train.pixel_scale == "symmetric"
+    run = parse("--preset", "mnist-tanh-kl", "--pixel-scale", "unit")
+    assert run.train.pixel_scale == "unit" and run.model.output_activation == "tanh"
+
+
 def test_every_config_field_is_a_flag():
     run = parse(
         "--preset",

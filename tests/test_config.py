@@ -61,8 +61,8 @@ def test_derived_layer_dims():
         (dict(kl_rho=0.0), "rho must be in (0, 1), got 0.0"),
         (dict(kl_rho=1.0), "rho must be in (0, 1), got 1.0"),
         (dict(activation="gelu"), "unknown activation 'gelu'"),
-        (dict(code_activation="tanh"), "unknown code_activation 'tanh'"),
-        (dict(output_activation="tanh"), "unknown output_activation"),
+        (dict(code_activation="gelu"), "unknown code_activation 'gelu'"),
+        (dict(output_activation="softplus"), "unknown output_activation"),
         (dict(architecture="resnet"), "unknown architecture 'resnet'"),
         (dict(architecture="conv", hidden_dims=(64,)), "code is 8x4x4 = 128 units"),
         (dict(architecture="fullconv", input_dim=1024), "takes 1x28x28 images"),
@@ -72,6 +72,11 @@ def test_derived_layer_dims():
         (
             dict(loss="bce", output_activation="identity"),
             "set output_activation='sigmoid'",
+        ),
+        (
+            dict(loss="bce", output_activation="tanh"),
+            "bce needs a sigmoid output (probabilities): set "
+            "output_activation='sigmoid' (got 'tanh')",
         ),
         (dict(loss="huber"), "unknown loss 'huber'"),
         (dict(hidden_dims=()), "hidden_dims must name at least one layer"),
@@ -116,3 +121,43 @@ def test_resolve_lifetime_k_needs_exactly_one():
         resolve_lifetime_k(8)
     with pytest.raises(ConfigError, match="exactly one of k or rate"):
         resolve_lifetime_k(8, 2, 0.5)
+
+
+# --------------------------------------------------------------------------- pixel scale
+
+
+def test_pixel_scale_is_validated_with_normalize_and_bce():
+    from saecommon.train_config import RunConfig, TrainConfig
+
+    assert TrainConfig().pixel_scale == "unit"
+    with pytest.raises(ConfigError, match="unknown pixel_scale 'signed'; expected one"):
+        TrainConfig(pixel_scale="signed")
+    with pytest.raises(ConfigError) as err:
+        TrainConfig(pixel_scale="symmetric", normalize=True)
+    assert "pixel_scale 'symmetric' with normalize: standardizing undoes" in str(
+        err.value
+    )
+    bce = SAEConfig(loss="bce", output_activation="sigmoid")
+    with pytest.raises(ConfigError) as err:
+        RunConfig(bce, TrainConfig(pixel_scale="symmetric"))
+    assert "bce needs targets in [0, 1] (and a sigmoid output): set pixel_scale" in str(
+        err.value
+    )
+    tanh = SAEConfig(output_activation="tanh", loss="mse")
+    assert RunConfig(tanh, TrainConfig(pixel_scale="symmetric")).model == tanh
+
+
+def test_a_run_config_from_before_pixel_scale_still_loads():
+    """config.json files written before the field existed read as unit scaling, and
+    the field round-trips."""
+    from saecommon.train_config import RunConfig, TrainConfig
+
+    data = json.loads(RunConfig().to_json())
+    del data["train"]["pixel_scale"]
+    old = RunConfig.from_json(json.dumps(data))
+    assert old.train.pixel_scale == "unit" and old == RunConfig()
+    run = RunConfig(
+        SAEConfig(output_activation="tanh"), TrainConfig(pixel_scale="symmetric")
+    )
+    assert RunConfig.from_json(run.to_json()) == run
+    assert json.loads(run.to_json())["train"]["pixel_scale"] == "symmetric"

@@ -15,6 +15,7 @@ from saecommon.data import (
     DataError,
     Dataset,
     Normalization,
+    PreparedData,
     check_finite,
     fit_normalization,
     flatten_images,
@@ -403,6 +404,39 @@ def test_normalization_fit_apply_invert():
     assert float(z.std()) == pytest.approx(1.0, rel=1e-6)
 
 
+@pytest.mark.parametrize("scale", ["unit", "symmetric"])
+def test_prepare_data_pixel_scale(monkeypatch, scale):
+    """symmetric: (p / 255 - 0.5) / 0.5 in [-1, 1], pixel_range (-1, 1), and
+    to_pixels gives back p / 255; unit leaves [0, 1] pixels as they are."""
+    from saecommon import data as data_layer
+    from saecommon.config import SAEConfig
+    from saecommon.train_config import RunConfig, TrainConfig
+
+    train = np.array([[[0, 255], [51, 102]], [[255, 0], [204, 153]]], np.uint8)
+    test = np.array([[[0, 51], [255, 102]]], np.uint8)
+    fake = Dataset("fake", train, np.array([1, 2]), test, np.array([3]))
+    monkeypatch.setattr(data_layer, "load_dataset", lambda spec: fake)
+    model = SAEConfig(input_dim=4, hidden_dims=(2,), output_activation="tanh")
+    data = data_layer.prepare_data(RunConfig(model, TrainConfig(pixel_scale=scale)))
+    pixels = flatten_images(train)  # [0, 0.2, 0.4, 0.6, 0.8, 1]: exact k / 5
+    if scale == "unit":
+        assert data.pixel_range == (0.0, 1.0) and data.normalization is None
+        np.testing.assert_array_equal(data.train, pixels)
+        return
+    assert data.pixel_range == (-1.0, 1.0)
+    assert data.normalization == Normalization(mean=0.5, std=0.5)
+    assert data.train.dtype == np.float32
+    # 0 -> -1, 51 -> -0.6, 102 -> -0.2, 153 -> 0.2, 204 -> 0.6, 255 -> 1
+    expected = [[-1.0, 1.0, -0.6, -0.2], [1.0, -1.0, 0.6, 0.2]]
+    np.testing.assert_allclose(data.train, expected, rtol=0, atol=1e-7)
+    assert data.train.min() == -1.0 and data.train.max() == 1.0
+    np.testing.assert_allclose(data.test, [[-1.0, -0.6, 1.0, -0.2]], atol=1e-7)
+    np.testing.assert_allclose(data.to_pixels(data.train), pixels, rtol=0, atol=1e-7)
+    np.testing.assert_allclose(
+        data.to_pixels(data.test), flatten_images(test), rtol=0, atol=1e-7
+    )
+
+
 def test_normalization_errors():
     with pytest.raises(DataError, match=r"x_train is constant \(every element 0.25\)"):
         fit_normalization(np.full((3, 2), 0.25))
@@ -499,3 +533,99 @@ def test_dataset_validates_its_arrays():
             TEST_IMAGES.reshape(2, 3, 2),
             TEST_LABELS,
         )
+
+
+# --- bad input refused where it enters (issue 12) -----------------------------------
+
+
+def prepared_data(train, val, test, labels=None):
+    """A PreparedData of the given splits (labels: one zero per sample by default)."""
+    label = (lambda x: np.zeros(len(x), np.int64)) if labels is None else labels
+    return PreparedData(
+        train,
+        label(train),
+        val,
+        label(val),
+        test,
+        label(test),
+        (0.0, 1.0),
+        (2, 2),
+        None,
+        False,
+    )
+
+
+@pytest.mark.parametrize(
+    "split, index, bad, counts",
+    [
+        ("train", (3, 1), np.nan, "1 NaN, 0 inf"),
+        ("val", (0, 2), np.inf, "0 NaN, 1 inf"),
+        ("test", (1, 3), -np.inf, "0 NaN, 1 inf"),
+    ],
+)
+def test_prepared_data_refuses_non_finite_splits(split, index, bad, counts):
+    splits = {k: np.full((5, 4), 0.5, np.float32) for k in ("train", "val", "test")}
+    splits[split][index] = bad
+    with pytest.raises(DataError) as err:
+        prepared_data(**splits)
+    assert str(err.value) == (
+        f"PreparedData.{split} has 1 non-finite entries ({counts}) of 20; the first "
+        f"is at index {index}"
+    )
+
+
+def test_prepared_data_refuses_bad_arrays():
+    x = np.zeros((5, 4), np.float32)
+    with pytest.raises(DataError) as err:
+        prepared_data(x, x, x[0])
+    assert str(err.value) == (
+        "PreparedData.test must be a 2-D numpy array [n, features], got float32 "
+        "array of shape (4,)"
+    )
+    with pytest.raises(
+        DataError, match="PreparedData.val must hold floats, got dtype uint8"
+    ):
+        prepared_data(x, x.astype(np.uint8), x)
+    with pytest.raises(
+        DataError, match="PreparedData.test has 3 features per sample but train has 4"
+    ):
+        prepared_data(x, x, x[:, :3])
+    with pytest.raises(DataError) as err:
+        prepared_data(x, x, x, labels=lambda a: np.zeros(4))
+    assert str(err.value) == "PreparedData.train has 5 samples but train_labels has 4"
+
+
+def test_an_idx_file_of_zero_images_names_the_file(tmp_path):
+    fake_dir(tmp_path)
+    name = IDX_FILES["test_images"]
+    (tmp_path / (name + ".gz")).unlink(missing_ok=True)
+    write_idx(tmp_path / name, np.zeros((0, 2, 3)))
+    assert read_idx(tmp_path / name).shape == (0, 2, 3)  # a valid IDX file, but empty
+    with pytest.raises(DataError) as err:
+        load_idx_dir(tmp_path)
+    assert str(err.value) == (
+        f"{tmp_path}/{name} is empty: its header says shape (0, 2, 3), 0 images; "
+        "every split needs at least one sample"
+    )
+    assert flatten_images(np.zeros((0, 2, 3), np.uint8)).shape == (0, 6)
+
+
+@pytest.mark.parametrize(
+    "spec", ["/no/such/dir", "./mnist", "~/no-such-sae-data", "a/b"]
+)
+def test_load_dataset_says_a_missing_folder_does_not_exist(spec):
+    with pytest.raises(DataError) as err:
+        load_dataset(spec)
+    assert str(err.value).startswith(
+        f"dataset folder {spec!r} does not exist; expected 'mnist' (the shipped copy)"
+    )
+    with pytest.raises(DataError, match="^dataset 'cifar10' is unknown; expected"):
+        load_dataset("cifar10")
+
+
+def test_load_dataset_expands_the_home_folder(tmp_path, monkeypatch):
+    (tmp_path / "data").mkdir()
+    fake_dir(tmp_path / "data")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    ds = load_dataset("~/data")
+    np.testing.assert_array_equal(ds.test_images, TEST_IMAGES)

@@ -382,6 +382,69 @@ def test_normalized_models_are_scored_in_pixel_space(framework):
     assert "probe_accuracy" not in result.metrics and "n_train" not in result.info
 
 
+def symmetric(data):
+    """``data`` as pixel_scale symmetric prepares it: (p - 0.5) / 0.5 in [-1, 1]."""
+    import dataclasses
+
+    norm = Normalization(mean=0.5, std=0.5)
+    return dataclasses.replace(
+        data,
+        train=norm.apply(data.train),
+        val=norm.apply(data.val),
+        test=norm.apply(data.test),
+        pixel_range=(-1.0, 1.0),
+        normalization=norm,
+    )
+
+
+def test_symmetric_data_is_scored_and_noised_by_hand():
+    """A [-1, 1] model's reconstruction 0.2 off everywhere is 0.1 off in [0, 1] pixels:
+    mse 0.01, psnr 10 log10(1 / 0.01) = 20 dB (not the model-space 0.04, 13.98 dB).
+    Gaussian noise of std 1 acts in [-1, 1]: std 0.5 on pixels, clipped to [0, 1]."""
+    pixels = prepared()
+    data = symmetric(pixels)
+
+    def encode(x, code_only):
+        return ev.Encoded(x + 0.2, x + 0.2, np.maximum(x[:, :2], 0))
+
+    config = MODEL.replace(topk=None, hidden_dims=(2,), output_activation="tanh")
+    noise = Noise("gaussian", std=1.0)
+    result = ev.evaluate_with(
+        encode, config, data, framework="numpy", probe=False, noise=noise
+    )
+    m = result.metrics
+    assert m["mse"] == pytest.approx(0.01, rel=1e-5)
+    assert m["psnr"] == pytest.approx(20.0, rel=1e-5)
+    assert result.info["bce_from"].startswith("clipped")
+    draw = np.random.default_rng(0).standard_normal(pixels.test.shape, np.float32)
+    noisy = np.clip(pixels.test + 0.5 * draw, 0, 1)  # std 1 in [-1, 1] = 0.5 in [0, 1]
+    np.testing.assert_allclose(result.noisy, noisy, rtol=0, atol=1e-6)
+    assert 0 < (result.noisy == 0).mean() and 0 < (result.noisy == 1).mean()
+    assert m["noisy_psnr"] == pytest.approx(psnr(noisy, pixels.test), rel=1e-5)
+    np.testing.assert_allclose(result.denoised, noisy + 0.1, rtol=0, atol=1e-6)
+    assert m["denoised_psnr"] == pytest.approx(psnr(noisy + 0.1, pixels.test), 1e-5)
+    masked = ev.evaluate_with(
+        encode, config, data, framework="numpy", probe=False, noise=Noise("masking")
+    ).noisy
+    keep = np.random.default_rng(0).random(pixels.test.shape, np.float32) >= 0.25
+    # masked pixels are pixel 0 (-1 in the model's space, 0 after to_pixels)
+    np.testing.assert_allclose(masked, np.where(keep, pixels.test, 0), atol=1e-7)
+    assert np.all(masked[~keep] == 0)
+
+
+def test_a_tanh_model_on_symmetric_data_is_scored_in_pixel_space(framework):
+    config = MODEL.replace(output_activation="tanh")
+    weights, data = torch_weights(config), symmetric(prepared())
+    result = evaluate(framework, weights, config, data, probe=False)
+    recon = forward(framework, weights, config, data.test)[0]
+    assert recon.min() < 0  # tanh's range, mapped back below
+    pixels, target = (recon + 1) / 2, (data.test + 1) / 2
+    assert result.metrics["mse"] == pytest.approx(np.mean((pixels - target) ** 2), 1e-6)
+    assert result.metrics["psnr"] == pytest.approx(
+        -10 * math.log10(result.metrics["mse"]), rel=1e-12
+    )
+
+
 def test_the_report_of_a_2d_code(tmp_path):
     """write_report adds the scatter of every test code for a 2-D code, and
     metrics.json and the table hold the numbers of the Evaluation."""
@@ -425,6 +488,60 @@ def test_bad_data_is_a_clear_error(framework):
     data.test[3, 5] = np.nan
     with pytest.raises(DataError, match=r"test data has 1 non-finite .* \(3, 5\)"):
         evaluate(framework, weights, MODEL, data)
+
+
+def encode(framework, state_dict, config, x, **options):
+    if framework == "jax":
+        import jaxsae
+        from jaxsae.evaluation import encode
+
+        return encode(jaxsae.from_state_dict(state_dict, config), config, x, **options)
+    import torchsae
+    from torchsae.evaluation import encode
+
+    return encode(torchsae.from_state_dict(state_dict, config), x, **options)
+
+
+@pytest.mark.parametrize(
+    "shape, batch_size", [((8, 100), 1000), ((2500, 15), 1000), ((8, 16, 1), 4)]
+)
+def test_encode_reports_the_users_shape(framework, shape, batch_size):
+    # jaxsae pads the last batch to batch_size rows: its error once said (1000, 100).
+    with pytest.raises(ValueError) as err:
+        encode(
+            framework,
+            torch_weights(),
+            MODEL,
+            np.zeros(shape, np.float32),
+            batch_size=batch_size,
+        )
+    assert str(err.value) == f"expected input [batch, 16], got shape {shape}"
+
+
+def test_encode_refuses_empty_non_finite_and_integer_input(framework):
+    weights = torch_weights()
+    with pytest.raises(ValueError) as err:
+        encode(framework, weights, MODEL, np.zeros((0, 16), np.float32))
+    assert str(err.value) == (
+        "x has 0 samples (shape (0, 16)); the model needs at least one"
+    )
+    x = prepared().test[:8].copy()
+    x[3, 5] = np.nan  # a top-k model once gave this sample an all-zero code
+    x[6, 0] = np.inf
+    with pytest.raises(DataError) as err:
+        encode(framework, weights, MODEL, x, batch_size=5)
+    assert str(err.value) == (
+        "x has 2 non-finite entries (1 NaN, 1 inf) of 128; the first is at index (3, 5)"
+    )
+    with pytest.raises(DataError) as err:
+        encode(framework, weights, MODEL, np.zeros((8, 16), np.uint8))
+    assert str(err.value) == (
+        "x must be a floating-point array [n, 16] scaled as the model's training "
+        "data, got dtype uint8"
+    )
+    x[3, 5] = x[6, 0] = 0.5
+    code = encode(framework, weights, MODEL, x, batch_size=5, code_only=True).code
+    assert code.shape == (8, 8) and (np.count_nonzero(code, axis=1) <= 3).all()
 
 
 def test_missing_and_mismatched_checkpoints_are_clear_errors(tmp_path):

@@ -52,6 +52,33 @@ def test_forward_by_hand(fw):
     )
 
 
+def test_tanh_code_and_output_by_hand(fw):
+    # 2 -> 1 -> 2 with a tanh code and a tanh output (for pixels in [-1, 1]):
+    # code = tanh(w_e x + b_e), logits = w_d code + b_d, recon = tanh(logits).
+    cfg = SAEConfig(
+        input_dim=2,
+        hidden_dims=(1,),
+        code_activation="tanh",
+        output_activation="tanh",
+    )
+    sd = {
+        "encoder.0.weight": np.array([[1.0, 2.0]]),
+        "encoder.0.bias": np.array([0.5]),
+        "decoder.0.weight": np.array([[1.0], [-2.0]]),
+        "decoder.0.bias": np.array([0.1, -0.1]),
+    }
+    out = fw.forward(sd, cfg, np.array([[1.0, 1.0], [0.0, -1.0]]))
+    code = np.tanh(np.array([[3.5], [-1.5]]))  # w_e x + b_e = 3.5, -1.5
+    logits = code * np.array([[1.0, -2.0]]) + np.array([[0.1, -0.1]])
+    np.testing.assert_allclose(fw.numpy(out.code), code, rtol=1e-15)
+    np.testing.assert_allclose(fw.numpy(out.logits), logits, rtol=1e-15)
+    np.testing.assert_allclose(fw.numpy(out.reconstruction), np.tanh(logits), 1e-15)
+    # tanh(3.5) = 0.99818: tanh(0.99818 + 0.1) = 0.79984, tanh(-2.09636) = -0.97024
+    np.testing.assert_allclose(
+        fw.numpy(out.reconstruction)[0], [0.79984, -0.97024], atol=1e-5
+    )
+
+
 def test_output_holds_every_hidden_activation(fw):
     sd = fw.init(DEEP, 0)
     x = np.random.default_rng(0).uniform(size=(5, 12)).astype(np.float32)
@@ -195,6 +222,27 @@ def test_input_of_the_wrong_shape_is_a_clear_error(fw, shape):
     sd = fw.init(DEEP, 0)
     with pytest.raises(ValueError, match=r"expected input \[batch, 12\], got shape"):
         fw.forward(sd, DEEP, np.zeros(shape, np.float32))
+
+
+def test_an_empty_batch_is_the_same_clear_error_in_both_packages(fw):
+    # jaxsae once returned an empty output, torchsae failed in top-k ("selected
+    # index k out of range").
+    with pytest.raises(ValueError) as err:
+        fw.forward(fw.init(DEEP, 0), DEEP, np.zeros((0, 12), np.float32))
+    assert str(err.value) == (
+        "x has 0 samples (shape (0, 12)); the model needs at least one"
+    )
+
+
+def test_an_empty_batch_is_refused_under_jit():
+    # A static shape check: it fires while tracing (eval_shape compiles nothing).
+    import jax
+
+    import jaxsae
+
+    x = jax.ShapeDtypeStruct((0, 12), np.float32)
+    with pytest.raises(ValueError, match=r"x has 0 samples \(shape \(0, 12\)\)"):
+        jax.eval_shape(jaxsae.Autoencoder(DEEP).init, jax.random.key(0), x)
 
 
 @pytest.mark.parametrize("architecture", ["conv", "fullconv"])

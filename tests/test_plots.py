@@ -13,10 +13,12 @@ import sys
 import numpy as np
 import pytest
 from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import to_rgb
 from matplotlib.image import imread
 
 from saecommon import plots
+from saecommon.architectures import layers
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -61,10 +63,11 @@ def colours(rgb):
 
 def dictionary_area(rgb):
     """The dictionary image without the colorbar: everything left of the last pixel
-    column that is mostly the tiles' frame grey (antialiased tick text is grey too,
-    but never for long)."""
+    column that holds a good share of the tiles' frame grey (a last grid row that is
+    not full leaves some columns framed on fewer rows; antialiased tick and label text
+    is grey too, but never for long)."""
     frame = near(rgb, (0.45, 0.45, 0.45), 0.01).sum(axis=0)
-    return rgb[:, : np.flatnonzero(frame > 0.5 * frame.max()).max() + 1]
+    return rgb[:, : np.flatnonzero(frame > 0.25 * frame.max()).max() + 1]
 
 
 @pytest.fixture
@@ -203,10 +206,90 @@ def test_loss_curves_tolerate_missing_keys(tmp_path, figures):
     np.testing.assert_array_equal(recon["test"].get_xdata(), [1, 2, 3, 5, 6])
 
     # epochs only, or no epochs at all: every panel says "no data", nothing breaks
+    # (three panels: with no penalty logged there is no penalty panel)
     for name, rows in (("c", [{"epoch": 1}, {"epoch": 2}]), ("d", [])):
         read_png(plots.plot_loss_curves(rows, tmp_path / f"{name}.png"))
         texts = [t.get_text() for ax in figures[-1].axes for t in ax.texts]
-        assert texts.count("no data") == 4
+        assert texts.count("no data") == 3
+
+
+def zero_penalty(rows):
+    for row in rows:
+        row["train/penalty"] = row["test/penalty"] = 0.0
+    return rows
+
+
+def test_loss_panels_drop_a_penalty_that_is_zero_or_absent():
+    with_penalty = ("loss", "recon", "penalty", "l0")
+    without = ("loss", "recon", "l0")
+    assert plots.loss_panels(history()) == with_penalty
+    assert plots.loss_panels(zero_penalty(history())) == without
+    assert plots.loss_panels(history(keys=("train/loss", "train/l0"))) == without
+    assert plots.loss_panels([]) == without
+    rows = zero_penalty(history())
+    rows[4]["val/penalty"] = 1e-9  # one non-zero value in any split keeps the panel
+    assert plots.loss_panels(rows) == with_penalty
+    rows = zero_penalty(history())
+    rows[2]["test/penalty"] = float("nan")  # a broken penalty must show
+    assert plots.loss_panels(rows) == with_penalty
+
+
+def test_loss_curves_without_penalty_draw_three_panels_in_a_row(tmp_path, figures):
+    plots.plot_loss_curves(zero_penalty(history()), tmp_path / "loss.png")
+    (fig,) = figures
+    titled = [ax for ax in fig.axes if ax.get_title()]
+    assert [ax.get_title() for ax in titled] == [
+        "total loss",
+        "reconstruction loss",
+        "L0 and dead units",
+    ]
+    boxes = [ax.get_position() for ax in titled]
+    assert boxes[0].x1 < boxes[1].x0 and boxes[1].x1 < boxes[2].x0  # one row
+    assert min(b.y1 for b in boxes) > max(b.y0 for b in boxes)
+
+    plots.plot_loss_curves(history(), tmp_path / "with.png")
+    assert sum(bool(ax.get_title()) for ax in figures[1].axes) == 4
+
+
+def display_points(ax):
+    """Every plotted vertex of ``ax``'s lines, in display (pixel) coordinates."""
+    return np.concatenate([ax.transData.transform(ln.get_xydata()) for ln in ax.lines])
+
+
+def inside(box, points):
+    """[n] mask of the display ``points`` [n, 2] inside the Bbox ``box``."""
+    x, y = points[:, 0], points[:, 1]
+    return (box.x0 <= x) & (x <= box.x1) & (box.y0 <= y) & (y <= box.y1)
+
+
+@pytest.mark.parametrize("extra_splits", [False, True])
+def test_loss_curves_l0_legend_covers_no_line(tmp_path, figures, extra_splits):
+    # loc="best" only avoids the lines of the axes that owns the legend, not the dead
+    # fraction on the twin axis: the legend sits above the axes, under the title
+    rows = history(12)
+    if extra_splits:  # six entries: two legend rows
+        for row in rows:
+            row["val/l0"], row["val/dead_fraction"] = 20.0, 0.99
+            row["train/dead_fraction"] = 0.5
+    path = plots.plot_loss_curves(
+        rows if extra_splits else zero_penalty(rows), tmp_path / "l.png"
+    )
+    (fig,) = figures
+    FigureCanvasAgg(fig).draw()  # the layout as saved (same dpi)
+    l0 = next(ax for ax in fig.axes if ax.get_title() == "L0 and dead units")
+    twin = next(ax for ax in fig.axes if ax.get_ylabel().startswith("dead fraction"))
+    legend = l0.get_legend()
+    assert len(legend.get_texts()) == (6 if extra_splits else 3)
+    box, axes_box = legend.get_window_extent(), l0.get_window_extent()
+    title_box = l0.title.get_window_extent()
+    assert box.y0 >= axes_box.y1 - 1  # above the plotting area ...
+    assert box.y1 <= title_box.y0 + 1  # ... and under the title
+    assert box.x0 >= 0 and box.x1 <= fig.bbox.x1  # on the page
+    points = np.concatenate([display_points(l0), display_points(twin)])
+    assert not inside(box, points).any()
+    # and the lines are drawn: both axes' vertices lie inside the plotting area
+    assert inside(axes_box, points).all()
+    read_png(path)
 
 
 @pytest.mark.parametrize(
@@ -393,6 +476,187 @@ def test_dictionary_rejects_bad_shape(tmp_path):
         plots.plot_dictionary(np.zeros(784), tmp_path / "d.png")
 
 
+def firing_codes():
+    """[200, 6] codes whose units fire on 60, 0, 140, 1, 140 and 2 samples."""
+    codes = np.zeros((200, 6))
+    for unit, n in enumerate((60, 0, 140, 1, 140, 2)):
+        codes[:n, unit] = 0.5
+    codes[0, 0] = -1.0  # negative counts as firing: non-zero
+    return codes
+
+
+def test_firing_frequency_counts_non_zero_samples():
+    np.testing.assert_array_equal(
+        plots.firing_frequency(firing_codes()),
+        np.array([60, 0, 140, 1, 140, 2]) / 200,
+    )
+
+
+def test_dictionary_tiles_most_frequent_first_with_status_and_label():
+    tiles = plots.dictionary_tiles(6, plots.firing_frequency(firing_codes()))
+    # 140/200 twice (ties by unit index), then 60, 2 (1% exactly: not rare), 1, 0
+    assert [t.unit for t in tiles] == [2, 4, 0, 5, 3, 1]
+    assert [t.frequency for t in tiles] == [0.7, 0.7, 0.3, 0.01, 0.005, 0.0]
+    assert [t.status for t in tiles] == [
+        "active",
+        "active",
+        "active",
+        "active",
+        "rare",
+        "dead",
+    ]
+    assert [t.label for t in tiles] == [
+        "u2 70%",
+        "u4 70%",
+        "u0 30%",
+        "u5 1%",
+        "u3 0.5%",
+        "u1 dead",
+    ]
+    f = plots.firing_frequency(firing_codes())
+    assert [t.unit for t in plots.dictionary_tiles(6, f, max_tiles=3)] == [2, 4, 0]
+    rarer = plots.dictionary_tiles(6, f, rare=0.02)  # 2/200 is rare below 2%
+    assert [t.status for t in rarer][3:] == ["rare", "rare", "dead"]
+
+
+def test_dictionary_tiles_without_frequency_keep_unit_order():
+    tiles = plots.dictionary_tiles(300, None, max_tiles=4)
+    assert [(t.unit, t.frequency, t.status, t.label) for t in tiles] == [
+        (0, None, "", "u0"),
+        (1, None, "", "u1"),
+        (2, None, "", "u2"),
+        (3, None, "", "u3"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "frequency, text",
+    [
+        (1.0, "100%"),
+        (0.996, ">99%"),  # never rounded up to "always"
+        (0.123, "12%"),
+        (0.0999, "10%"),
+        (0.053, "5.3%"),
+        (1 / 256, "0.39%"),
+        (1e-5, "0.001%"),  # never rounded down to "0%"
+        (0.0, "dead"),
+    ],
+)
+def test_format_frequency(frequency, text):
+    assert plots.format_frequency(frequency) == text
+
+
+@pytest.mark.parametrize(
+    "frequency, message",
+    [
+        (np.zeros(5), r"frequency must be \[units\] = \[6\], .*got shape \(5,\)"),
+        (np.full(6, 1.5), r"frequency must hold shares in \[0, 1\]"),
+    ],
+)
+def test_dictionary_tiles_reject_bad_frequency(frequency, message):
+    with pytest.raises(ValueError, match=message):
+        plots.dictionary_tiles(6, frequency)
+
+
+def test_dictionary_with_codes_orders_labels_and_marks_rare_and_dead(tmp_path, figures):
+    w = np.ones((6, 64))  # every tile solid dark red at full strength
+    rgb = read_png(
+        plots.plot_dictionary(
+            w, tmp_path / "d.png", image_shape=(8, 8), codes=firing_codes()
+        )
+    )
+    (fig,) = figures
+    ax = fig.axes[0]
+    labels = [(t.get_text(), to_rgb(t.get_color())) for t in ax.texts]
+    black, orange, red = to_rgb("black"), to_rgb("tab:orange"), to_rgb("tab:red")
+    assert labels == [
+        ("u2 70%", black),
+        ("u4 70%", black),
+        ("u0 30%", black),
+        ("u5 1%", black),
+        ("u3 0.5%", orange),
+        ("u1 dead", red),
+    ]
+    # labels run row-major over the 2 x 3 grid: left to right, then down
+    xy = np.array([t.get_position() for t in ax.texts])
+    assert xy[0, 0] < xy[1, 0] < xy[2, 0] and xy[2, 1] < xy[3, 1]
+    hatched = [p for p in ax.patches if p.get_hatch()]
+    assert len(hatched) == 1  # the one dead unit
+    x0, y0 = hatched[0].get_xy()
+    assert x0 > xy[4, 0] and abs(x0 + hatched[0].get_width() / 2 - xy[5, 0]) < 1e-9
+    title = " ".join(" ".join(t.get_text().split()) for t in fig.texts)  # unwrapped
+    assert "6 units most frequent first" in title
+    assert "200 samples" in title and "1 rare (< 1%)" in title and "1 dead" in title
+
+    # 4 full-strength tiles, 2 dimmed to 35% of the colour on light grey
+    dark_red = np.asarray(colormaps["RdBu_r"](1.0)[:3])
+    full = near(rgb, dark_red, 0.03)
+    dimmed = near(rgb, 0.35 * dark_red + 0.65 * 0.85, 0.03)
+    assert most_runs(full, 20, axis=1) == 3 and most_runs(full, 20, axis=0) == 2
+    # the rare tile (whole) and the dead one (between its hatch lines), bottom right
+    assert most_runs(dimmed, 20, axis=1) == 1 and dimmed.sum() > 0.3 * full.sum()
+    assert np.median(np.argwhere(dimmed)[:, 0]) > np.median(np.argwhere(full)[:, 0])
+    assert np.median(np.argwhere(dimmed)[:, 1]) > np.median(np.argwhere(full)[:, 1])
+    assert near(rgb, "tab:orange", 0.03).sum() > 100  # the rare tile's frame
+    assert near(rgb, "tab:red", 0.03).sum() > 100  # the dead tile's frame
+
+
+def test_dictionary_shows_the_most_frequent_and_says_so(tmp_path, figures):
+    codes = np.zeros((10, 20))
+    codes[:, 7] = 1.0  # unit 7 fires most, then 12
+    codes[:5, 12] = 1.0
+    plots.plot_dictionary(
+        np.ones((20, 16)), tmp_path / "d.png", (4, 4), codes=codes, max_tiles=4
+    )
+    (fig,) = figures
+    assert [t.get_text() for t in fig.axes[0].texts] == [
+        "u7 100%",
+        "u12 50%",
+        "u0 dead",
+        "u1 dead",
+    ]
+    title = " ".join(" ".join(t.get_text().split()) for t in fig.texts)  # unwrapped
+    assert "the 4 most frequent of 20 units" in title and "18 dead" in title
+
+    plots.plot_dictionary(np.ones((20, 16)), tmp_path / "e.png", (4, 4), max_tiles=4)
+    assert "the 4 first of 20 units" in " ".join(figures[1].texts[0].get_text().split())
+    assert [t.get_text() for t in figures[1].axes[0].texts] == ["u0", "u1", "u2", "u3"]
+
+
+def test_dictionary_rejects_codes_of_another_width(tmp_path):
+    with pytest.raises(
+        ValueError, match=r"codes must be \[batch, code\] = \[batch, 6\], got shape"
+    ):
+        plots.plot_dictionary(
+            np.ones((6, 16)), tmp_path / "d.png", (4, 4), codes=np.ones((3, 5))
+        )
+
+
+@pytest.mark.parametrize(
+    "kwargs, is_code",
+    [
+        ({}, True),  # one hidden layer (64,)
+        ({"hidden_dims": (128, 32)}, False),  # rows: the 128 first-layer units
+        ({"tied": True}, True),
+        ({"tied": True, "hidden_dims": (128, 32)}, False),
+        ({"architecture": "conv"}, True),  # Linear 128 -> 784 from the code
+        ({"architecture": "fullconv"}, False),  # 8 channels of the last ConvT
+    ],
+)
+def test_dictionary_is_code(kwargs, is_code):
+    from saecommon.config import SAEConfig
+
+    config = SAEConfig(**kwargs)
+    assert plots.dictionary_is_code(config) is is_code
+    if is_code:  # then the dictionary has one row per code unit
+        weights = {
+            layer.name + ".weight": np.zeros(layer.weight_shape)
+            for layer in layers(config)
+        }
+        rows, _ = plots.dictionary_weights(weights, config)
+        assert rows.shape[0] == config.code_dim
+
+
 # --------------------------------------------------------------------------- codes
 
 
@@ -509,3 +773,30 @@ def test_write_run_plots_files(tmp_path, code, with_labels, names):
     assert sorted(os.listdir(out)) == sorted(f"{name}.png" for name in names)
     for p in paths:
         assert colours(read_png(p)) > 10, p
+
+
+@pytest.mark.parametrize(
+    "is_code, labels",
+    [
+        (None, ["u1 100%", "u0 dead"]),  # counts match: the codes are the tiles' units
+        (True, ["u1 100%", "u0 dead"]),
+        (False, ["u0", "u1"]),  # e.g. a deeper MLP: no firing rates to show
+    ],
+)
+def test_write_run_plots_labels_the_dictionary_from_the_codes(
+    tmp_path, figures, is_code, labels
+):
+    x = np.zeros((4, 16))
+    codes = np.zeros((4, 2))
+    codes[:, 1] = 1.0
+    plots.write_run_plots(
+        tmp_path,
+        history(2),
+        x,
+        x,
+        np.ones((2, 16)),
+        codes,
+        image_shape=(4, 4),
+        dictionary_is_code=is_code,
+    )
+    assert [t.get_text() for t in figures[2].axes[0].texts] == labels

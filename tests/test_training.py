@@ -1,6 +1,7 @@
 """The trainers of both packages: run directory, metrics, resume, divergence, noise,
 schedules. Small synthetic data so each run takes a second or two."""
 
+import dataclasses
 import json
 import math
 
@@ -12,7 +13,7 @@ from safetensors.numpy import load_file
 
 from conftest import synthetic_data
 from saecommon import data as data_layer
-from saecommon import frameworks, recorder
+from saecommon import frameworks, recorder, rundir
 from saecommon.checkpoint import CheckpointError
 from saecommon.config import SAEConfig
 from saecommon.data import DataError
@@ -166,7 +167,7 @@ def test_resume_refuses_another_config_or_framework(framework, tmp_path):
         CheckpointError, match=f"resume it with --framework {framework}"
     ):
         trainer(other)(run_config(epochs=2), tmp_path, data=data, resume=True)
-    with pytest.raises(CheckpointError, match="nothing to resume"):
+    with pytest.raises(rundir.RunDirError, match="nothing to resume"):
         trainer(framework)(run_config(), tmp_path / "empty", data=data, resume=True)
 
 
@@ -179,11 +180,11 @@ def test_a_nan_loss_stops_and_keeps_the_last_good_checkpoint(
     )
     original = recorder.epoch_means
 
-    def nan_in_epoch_2(step_metrics, epoch, prefix="train"):
+    def nan_in_epoch_2(step_metrics, epoch, prefix="train", **kwargs):
         if epoch == 1:
             step_metrics = {k: np.array(v, copy=True) for k, v in step_metrics.items()}
             step_metrics["loss"][6] = np.nan
-        return original(step_metrics, epoch, prefix)
+        return original(step_metrics, epoch, prefix, **kwargs)
 
     monkeypatch.setattr(recorder, "epoch_means", nan_in_epoch_2)
     with pytest.raises(
@@ -195,6 +196,26 @@ def test_a_nan_loss_stops_and_keeps_the_last_good_checkpoint(
     b = load_file(tmp_path / "nan" / "model.safetensors")
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_non_finite_data_is_refused_before_training(framework, tmp_path, split):
+    # Once reported as "the loss became nan" (divergence) after an epoch of training.
+    data = synthetic_data()
+    x = getattr(data, split).copy()
+    x[5, 7] = np.nan
+    with pytest.raises(DataError) as err:
+        trainer(framework)(
+            run_config(),
+            tmp_path / "run",
+            data=dataclasses.replace(data, **{split: x}),
+            progress=False,
+        )
+    assert str(err.value) == (
+        f"PreparedData.{split} has 1 non-finite entries (1 NaN, 0 inf) of "
+        f"{x.size}; the first is at index (5, 7)"
+    )
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_real_divergence_is_caught(framework, tmp_path):
@@ -260,6 +281,64 @@ def test_noise(framework, noise):
         clipped = np.clip(np.random.default_rng(0).normal(0, 0.3, 10**6), -0.5, 0.5)
         assert (out - 0.5).std() == pytest.approx(clipped.std(), abs=0.005)
         assert (out - 0.5).mean() == pytest.approx(0, abs=0.01)
+
+
+@pytest.mark.parametrize("noise", ["gaussian", "masking"])
+def test_noise_acts_in_the_symmetric_space(framework, noise):
+    """pixel_scale symmetric: the std is in [-1, 1] units and the noise is clipped to
+    the pixel range (-1, 1); masking sets pixels to pixel 0, which is -1 there."""
+    tcfg = TrainConfig(noise=noise, noise_std=1.0, mask_fraction=0.25)
+    x = np.zeros((200, 500), np.float32)  # pixel 0.5, the middle of [-1, 1]
+    if framework == "jax":
+        from jaxsae.training import corrupt
+
+        out = np.asarray(
+            corrupt(jax.numpy.asarray(x), jax.random.key(0), tcfg, (-1.0, 1.0))
+        )
+    else:
+        from torchsae.training import corrupt
+
+        g = torch.Generator().manual_seed(0)
+        out = corrupt(torch.from_numpy(x), g, tcfg, (-1.0, 1.0)).numpy()
+    if noise == "masking":
+        assert set(np.unique(out)) == {-1.0, 0.0}
+        assert (out == -1).mean() == pytest.approx(0.25, abs=0.005)
+        return
+    assert out.min() == -1 and out.max() == 1  # clipped at both ends
+    # P(|N(0, 1)| >= 1) = 0.3173: the share of pixels clipped by a std of 1
+    assert (np.abs(out) == 1).mean() == pytest.approx(0.3173, abs=0.005)
+    clipped = np.clip(np.random.default_rng(0).normal(0, 1.0, 10**6), -1, 1)
+    assert out.std() == pytest.approx(clipped.std(), abs=0.005)  # 0.7187 by numpy
+
+
+def test_a_tanh_run_on_symmetric_pixels_with_gaussian_noise(
+    framework, tmp_path, monkeypatch
+):
+    """The tanh tutorial's setup end to end (mnist-tanh-kl-denoise on 16 pixels):
+    prepare_data scales to [-1, 1] and the trainer learns there, noise of std 1
+    included."""
+    from saecommon.presets import PRESETS
+
+    rng = np.random.default_rng(0)
+    fake = data_layer.Dataset(
+        "fake",
+        rng.integers(0, 256, (320, 4, 4), dtype=np.uint8),
+        rng.integers(0, 10, 320),
+        rng.integers(0, 256, (70, 4, 4), dtype=np.uint8),
+        rng.integers(0, 10, 70),
+    )
+    preset = PRESETS["mnist-tanh-kl-denoise"]
+    run = RunConfig(
+        preset.model.replace(input_dim=16, hidden_dims=(6,)),
+        dataclasses.replace(preset.train, epochs=3, batch_size=32, eval_batch_size=32),
+    )
+    monkeypatch.setattr(data_layer, "load_dataset", lambda spec: fake)
+    data = data_layer.prepare_data(run)
+    assert data.pixel_range == (-1.0, 1.0) and data.train.min() == -1.0
+    history = trainer(framework)(run, tmp_path, data=data, progress=False)
+    assert history[-1]["train/loss"] < history[0]["train/loss"]
+    assert all(math.isfinite(row["test/recon"]) for row in history)
+    assert (tmp_path / "reconstructions.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_data_of_the_wrong_width_is_a_clear_error(monkeypatch):

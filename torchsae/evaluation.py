@@ -25,7 +25,6 @@ from torchsae.models import Autoencoder
 FRAMEWORK = "torch"
 
 
-@torch.no_grad()
 def encode(
     model: Autoencoder,
     x: np.ndarray,
@@ -35,11 +34,16 @@ def encode(
 ) -> Encoded:
     """Run the model over ``x`` [n, input] in batches, in evaluation mode (no lifetime
     top-k, no noise) on the model's device and in its dtype: numpy reconstruction and
-    logits [n, input] (None with ``code_only``) and code [n, code]."""
+    logits [n, input] (None with ``code_only``) and code [n, code]. ``x`` must be a
+    finite float array with n >= 1 (saecommon.evaluation.check_inputs)."""
     check_int("batch_size", batch_size, minimum=1)
-    x = np.asarray(x)
-    if len(x) == 0:
-        raise ValueError(f"encode needs at least one sample, got x of shape {x.shape}")
+    x = evaluation.check_inputs(x, model.config)
+    return _encode(model, x, batch_size, code_only)
+
+
+@torch.no_grad()
+def _encode(model: Autoencoder, x: np.ndarray, batch_size: int, code_only: bool):
+    """``encode`` on an already checked ``x`` (evaluate_with checks its data once)."""
     weight = next(model.parameters())
     parts = []
     for start in range(0, len(x), batch_size):
@@ -63,10 +67,9 @@ def evaluate_model(
     """The full evaluation (saecommon.evaluation.evaluate_with) of ``model`` on
     ``data``: reconstruction and sparsity metrics on the test split, denoising metrics
     with ``noise``, the code and pixel probes with ``probe``."""
+    check_int("batch_size", batch_size, minimum=1)
     return evaluation.evaluate_with(
-        lambda x, code_only: encode(
-            model, x, batch_size=batch_size, code_only=code_only
-        ),
+        lambda x, code_only: _encode(model, x, batch_size, code_only),
         model.config,
         data,
         framework=FRAMEWORK,

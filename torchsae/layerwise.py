@@ -24,6 +24,7 @@ def pretrain(
     data: PreparedData | None = None,
     progress: bool = True,
     init: Mapping[str, np.ndarray] | None = None,
+    overwrite: bool = False,
     device: str = "cpu",
     compile: bool = False,
 ) -> dict[str, list[dict]]:
@@ -39,4 +40,5 @@ def pretrain(
         data=data,
         progress=progress,
         init=init,
+        overwrite=overwrite,
     )

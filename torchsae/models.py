@@ -19,7 +19,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from saecommon.architectures import CODE_SHAPES, IMAGE_SHAPE, Layer, layers
+from saecommon.architectures import (
+    CODE_SHAPES,
+    IMAGE_SHAPE,
+    Layer,
+    check_input_shape,
+    layers,
+)
 from saecommon.config import SAEConfig
 from torchsae.sparsity import apply_mask, sparsity_mask
 
@@ -44,18 +50,16 @@ def activate(x: torch.Tensor, name: str, negative_slope: float = 0.01) -> torch.
         return F.leaky_relu(x, negative_slope)
     if name == "sigmoid":
         return torch.sigmoid(x)
+    if name == "tanh":
+        return torch.tanh(x)
     if name == "identity":
         return x
     raise ValueError(f"unknown activation {name!r}")
 
 
 def check_input(x: torch.Tensor, config: SAEConfig) -> None:
-    if x.ndim != 2 or x.shape[1] != config.input_dim:
-        images = "" if config.architecture == "mlp" else " (1x28x28 images, flattened)"
-        raise ValueError(
-            f"expected input [batch, {config.input_dim}]{images}, got shape "
-            f"{tuple(x.shape)}"
-        )
+    """ValueError unless ``x`` is [batch, input_dim] with batch >= 1."""
+    check_input_shape(x.shape, config)
 
 
 class Dense(nn.Module):

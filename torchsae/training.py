@@ -18,6 +18,7 @@ from collections.abc import Callable, Collection, Mapping
 import numpy as np
 import torch
 
+from saecommon import rundir
 from saecommon.checkpoint import CheckpointError, check_frozen, check_state_dict
 from saecommon.config import SAEConfig
 from saecommon.data import PreparedData, prepare_data
@@ -124,9 +125,11 @@ def train_epoch(
     first_step: int = 0,
     shuffle: bool = True,
     order: np.ndarray | None = None,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> dict:
     """One shuffled pass (``order`` [n] if given, else drawn from ``generator``; or
-    the data in order); returns per-step metrics as numpy arrays [steps]."""
+    the data in order), calling ``on_step(done, steps)`` after each step; returns
+    per-step metrics as numpy arrays [steps]."""
     steps = data.shape[0] // batch_size
     if order is not None:  # drawn by numpy (saecommon.schedules.epoch_order)
         order = torch.from_numpy(order).to(data.device)
@@ -138,6 +141,8 @@ def train_epoch(
     for i in range(steps):
         batch = data[order[i * batch_size : (i + 1) * batch_size]]
         metrics[i] = train_step(batch, generator, first_step + i)
+        if on_step is not None:
+            on_step(i + 1, steps)
     values = metrics.cpu().numpy()
     return {k: values[:, j] for j, k in enumerate(METRIC_KEYS)}
 
@@ -216,6 +221,7 @@ def train(
     progress: bool = True,
     init: Mapping[str, np.ndarray] | None = None,
     frozen: Collection[str] = (),
+    overwrite: bool = False,
     device: str = "cpu",
     compile: bool = False,
 ) -> list[dict]:
@@ -226,9 +232,14 @@ def train(
     portable state dict (``saecommon.checkpoint.initial_state_dict``), replaces the
     random initial weights: fine-tuning, e.g. untied after a tied run. ``frozen``
     layers ("encoder.0", ...) keep their initial weights: ``requires_grad=False`` and
-    left out of the optimizer, so they get no update, no weight decay and no state."""
+    left out of the optimizer, so they get no update, no weight decay and no state.
+
+    A folder that holds a run is refused unless ``overwrite`` or ``resume``
+    (``saecommon.rundir.check_out_dir``); Ctrl-C raises ``TrainingInterrupted``
+    saying where it stopped and what is saved."""
     mcfg, tcfg = run.model, run.train
     check_frozen(frozen, mcfg)
+    rundir.check_out_dir(out_dir, resume=resume, overwrite=overwrite)
     data = prepare_data(run) if data is None else data
     check_batch_size(tcfg, data)
     steps_per_epoch = len(data.train) // tcfg.batch_size
@@ -266,7 +277,7 @@ def train(
     }
     try:
         for epoch in range(recorder.first_epoch, tcfg.epochs):
-            recorder.begin_epoch()
+            recorder.begin_epoch(epoch)
             first_step = epoch * steps_per_epoch
             lr = optimizer.param_groups[0]["lr"]
             if tcfg.schedule == "cosine":
@@ -283,6 +294,7 @@ def train(
                 first_step,
                 tcfg.shuffle,
                 epoch_order(tcfg, epoch, train_x.shape[0]),
+                recorder.step_done,
             )
             model.eval()
             row = recorder.row(
@@ -301,6 +313,8 @@ def train(
                 lambda path: save_checkpoint(path, model),
                 param_groups=json.loads(json.dumps(param_groups)),
             )
+    except KeyboardInterrupt:
+        raise recorder.interrupted() from None
     finally:
         recorder.close()
     model.eval()
