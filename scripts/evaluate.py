@@ -118,6 +118,11 @@ def main(argv=None) -> int:
     except (ConfigError, DataError, ValueError) as err:  # CheckpointError included
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # one line, as train.py; the report comes at the end
+        print(
+            "interrupted before the report was complete; run it again", file=sys.stderr
+        )
+        return 130
     print(format_report(result, source))
     print(f"evaluation written to {out_dir}")
     return 0
