@@ -68,7 +68,7 @@ CHOICES = {
     "schedule": train_config_module.SCHEDULES,
     "noise": train_config_module.NOISES,
     "shuffle_source": train_config_module.SHUFFLE_SOURCES,
-    "pixel_scale": getattr(train_config_module, "PIXEL_SCALES", None),
+    "pixel_scale": train_config_module.PIXEL_SCALES,
 }
 """The accepted values of the string fields (the tuples the configs check against)."""
 

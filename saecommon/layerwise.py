@@ -255,10 +255,9 @@ def _remove_run(out_dir: str) -> None:
     stage folders of a layer-wise run (nothing else in the folder)."""
     from saecommon import plots
 
-    for name in (*rundir.RUN_FILES, rundir.SUMMARY, *plots.RUN_PICTURES):
-        path = os.path.join(out_dir, name)
-        if os.path.isfile(path):
-            os.remove(path)
+    rundir.remove_files(
+        out_dir, (*rundir.RUN_FILES, rundir.SUMMARY, *plots.RUN_PICTURES)
+    )
     for name in os.listdir(out_dir):
         path = os.path.join(out_dir, name)
         is_stage = name == FINETUNE or name.startswith("stage-")

@@ -187,12 +187,17 @@ def commit_files(
     """Move staged files into place (``staged``: final name -> staged path, each
     already complete on disk), after removing ``stale`` names (a replaced run's
     summary and pictures). The train state moves first: ``resume`` trusts it."""
-    for name in stale:
+    remove_files(out_dir, stale)
+    for name in sorted(staged, key=lambda name: name != TRAIN_STATE):
+        os.replace(staged[name], os.path.join(out_dir, name))
+
+
+def remove_files(out_dir: str | os.PathLike, names) -> None:
+    """Remove the files ``names`` from ``out_dir`` where they exist."""
+    for name in names:
         path = os.path.join(out_dir, name)
         if os.path.isfile(path):
             os.remove(path)
-    for name in sorted(staged, key=lambda name: name != TRAIN_STATE):
-        os.replace(staged[name], os.path.join(out_dir, name))
 
 
 def staged_path(out_dir: str | os.PathLike, name: str) -> str:

@@ -47,12 +47,8 @@ def main(argv=None) -> int:
         args.out = default_run_dir(args)
         layerwise = bool(run.train.layerwise_epochs)
         # Checked before anything is loaded: a bad --out fails at once.
-        if args.resume:
+        if args.resume:  # (a layer-wise run keeps its train states in its stages)
             rundir.check_writable(args.out)
-        elif layerwise:
-            rundir.check_writable(args.out)
-            if rundir.holds_run(args.out) and not args.overwrite:
-                rundir.check_out_dir(args.out)  # raises, saying what is there
         else:
             rundir.check_out_dir(args.out, overwrite=args.overwrite)
         # Layer-wise: --init-from gives the whole model's initial weights, as pretrained.
