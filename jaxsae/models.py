@@ -20,6 +20,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxsae.conv import (
+    conv2d,
+    conv_impl,
+    conv_transpose2d,
+    default_chunk,
+    max_pool2,
+)
 from jaxsae.sparsity import apply_mask, sparsity_mask
 from saecommon.architectures import (
     CODE_SHAPES,
@@ -90,7 +97,8 @@ class Dense(nn.Module):
 
 class Conv(nn.Module):
     """A VALID convolution on NHWC images; kernel [kh, kw, in, out] (torch's
-    [out, in, kh, kw] transposed by the conversion table)."""
+    [out, in, kh, kw] transposed by the conversion table). Computed as matrix
+    products on the CPU and by XLA's convolution op elsewhere (jaxsae.conv)."""
 
     layer: Layer
     param_dtype: jnp.dtype = jnp.float32
@@ -106,26 +114,11 @@ class Conv(nn.Module):
         bias = self.param("bias", init, (spec.fan_out,), self.param_dtype)
         dtype = jnp.result_type(x, kernel)  # promote as jnp.dot does for Dense
         x, kernel = x.astype(dtype), kernel.astype(dtype)
+        impl, chunk = conv_impl(), default_chunk()
         if spec.kind == "conv":
-            y = jax.lax.conv_general_dilated(
-                x,
-                kernel,
-                (spec.stride, spec.stride),
-                "VALID",
-                dimension_numbers=("NHWC", "HWIO", "NHWC"),
-            )
+            y = conv2d(x, kernel, spec.stride, impl, chunk)
         else:
-            # torch.nn.ConvTranspose2d is the gradient of a convolution: the kernel is
-            # flipped and its channel roles swapped (transpose_kernel=True), read as
-            # HWOI since our kernel stores [kh, kw, in, out] of the transposed layer.
-            y = jax.lax.conv_transpose(
-                x,
-                kernel,
-                (spec.stride, spec.stride),
-                "VALID",
-                dimension_numbers=("NHWC", "HWOI", "NHWC"),
-                transpose_kernel=True,
-            )
+            y = conv_transpose2d(x, kernel, spec.stride, impl, chunk)
         return y + bias
 
 
@@ -183,7 +176,7 @@ class Autoencoder(nn.Module):
                 h = activate(h, cfg.activation, cfg.negative_slope)
                 hiddens.append(h.transpose(0, 3, 1, 2))  # returned as NCHW, like torch
         h = activate(h, cfg.code_activation, cfg.negative_slope)
-        h = nn.max_pool(h, (2, 2), strides=(2, 2), padding="VALID")
+        h = max_pool2(h)
         code = h.transpose(0, 3, 1, 2).reshape(x.shape[0], -1)  # flattened as NCHW
         mask = sparsity_mask(code, cfg, train)
         code = apply_mask(code, mask)

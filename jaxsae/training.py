@@ -101,20 +101,45 @@ def corrupt(x: jax.Array, key: jax.Array, tcfg: TrainConfig, pixel_range=(0.0, 1
     return x
 
 
+def _forward(model: Autoencoder, params, inputs: jax.Array, precision: str):
+    """``model``'s training forward pass at ``precision`` (TrainConfig.precision).
+
+    bfloat16 is mixed precision: the float32 master ``params`` and ``inputs`` are cast
+    to bfloat16, every op of the model (sparsity masks included) runs in bfloat16, and
+    the outputs come back as float32, so the loss and penalties are computed in
+    float32. Autodiff through the casts hands the gradients back as float32, the
+    params' dtype; the optimizer never sees bfloat16."""
+    if precision == "float32":
+        return model.apply({"params": params}, inputs, train=True)
+    low, high = jnp.dtype(precision), inputs.dtype  # high: float32 in training
+    params, inputs = jax.tree.map(lambda a: a.astype(low), (params, inputs))
+    out = model.apply({"params": params}, inputs, train=True)
+    return out._replace(  # the mask stays bool
+        reconstruction=out.reconstruction.astype(high),
+        logits=out.logits.astype(high),
+        code=out.code.astype(high),
+        hiddens=tuple(h.astype(high) for h in out.hiddens),
+    )
+
+
 def make_train_step(
     config: SAEConfig,
     tcfg: TrainConfig,
     optimizer: optax.GradientTransformation,
     pixel_range=(0.0, 1.0),
 ) -> Callable:
-    """``train_step(state, batch [batch, input], key) -> (state, metrics)``, pure."""
+    """``train_step(state, batch [batch, input], key) -> (state, metrics)``, pure.
+
+    The forward pass runs at ``tcfg.precision`` (``_forward``); the loss, gradients,
+    parameters and optimizer state are float32 either way, and so is evaluation
+    (``make_eval_metrics``)."""
     model = Autoencoder(config)
 
     def train_step(state: TrainState, batch: jax.Array, key: jax.Array):
         inputs = corrupt(batch, key, tcfg, pixel_range)
 
         def objective(params):
-            out = model.apply({"params": params}, inputs, train=True)
+            out = _forward(model, params, inputs, tcfg.precision)
             terms = loss_terms(out, batch, config)  # the target is the clean input
             return terms["loss"], (terms, out.code)
 
@@ -129,26 +154,24 @@ def make_train_step(
     return train_step
 
 
-def host_loop(config: SAEConfig) -> bool:
-    """Whether epochs and evaluation loop over steps on the host instead of in a
-    ``lax.scan``: for the convolutional architectures on XLA's CPU backend, which runs
-    convolutions inside a while loop about 10x slower than the same convolutions in a
-    plain jitted call (measured on the ivlabs fullconv model at batch 1200: 23 s per
-    step in a scan, 1.9 s per step unrolled or looped). Each step is still one jitted
-    call on device-resident data, and the shuffle and keys are the scan's."""
-    return config.architecture != "mlp" and jax.default_backend() == "cpu"
-
-
 def make_train_epoch(
-    train_step: Callable, batch_size: int, shuffle: bool = True, loop: bool = False
+    train_step: Callable,
+    batch_size: int,
+    shuffle: bool = True,
+    step_callbacks: bool = False,
 ) -> Callable:
     """``epoch(state, data [n, input], key, order=None, on_step=None) -> (state,
     per-step metrics [steps])``, jitted with the state donated: one shuffle (``order``
     [n] if given, else drawn from ``key``; or the data in order), then
     ``n // batch_size`` minibatches gathered on the device, as one ``lax.scan`` (no
-    host round trip per step) or, with ``loop`` (``host_loop``), one jitted call per
-    step, after each of which ``on_step(done, steps)`` is called (the scan calls it
-    never: it has no host between steps)."""
+    host round trip per step). With ``step_callbacks`` the scan calls
+    ``on_step(done, steps)`` on the host after each step (``jax.debug.callback``:
+    progress inside long epochs, at the cost of a host call per step)."""
+    hook: dict[str, Callable | None] = {"on_step": None}
+
+    def report(done, steps, _loss):
+        if hook["on_step"] is not None:
+            hook["on_step"](int(done), int(steps))
 
     def plan(data: jax.Array, key: jax.Array, order: jax.Array | None):
         steps = data.shape[0] // batch_size
@@ -159,49 +182,38 @@ def make_train_epoch(
         order = order[: steps * batch_size].reshape(steps, batch_size)
         return order, jax.random.split(noise_key, steps)
 
-    def one_step(state: TrainState, data: jax.Array, indices, step_key):
-        return train_step(state, data[indices], step_key)
-
+    @partial(jax.jit, donate_argnums=0)
     def train_epoch(state: TrainState, data: jax.Array, key: jax.Array, order=None):
-        return jax.lax.scan(
-            lambda state, xs: one_step(state, data, *xs), state, plan(data, key, order)
+        indices, keys = plan(data, key, order)
+        steps = indices.shape[0]
+
+        def body(carry, xs):
+            state, done = carry
+            batch, step_key = xs
+            state, metrics = train_step(state, data[batch], step_key)
+            if step_callbacks:  # the loss argument makes it wait for the step
+                jax.debug.callback(report, done + 1, steps, metrics["loss"])
+            return (state, done + 1), metrics
+
+        (state, _), metrics = jax.lax.scan(
+            body, (state, jnp.zeros((), jnp.int32)), (indices, keys)
         )
+        return state, metrics
 
-    if not loop:
-        scanned = jax.jit(train_epoch, donate_argnums=0)
-        return lambda state, data, key, order=None, on_step=None: scanned(
-            state, data, key, order
-        )
+    def run_epoch(state, data, key, order=None, on_step=None):
+        hook["on_step"] = on_step  # read by callbacks that may run after we return
+        return train_epoch(state, data, key, order)
 
-    plan_jit = jax.jit(plan)
-    step_jit = jax.jit(one_step, donate_argnums=0)
-
-    def train_epoch_looped(
-        state: TrainState, data: jax.Array, key: jax.Array, order=None, on_step=None
-    ):
-        batches, keys = plan_jit(data, key, order)
-        metrics = []
-        for done, (indices, step_key) in enumerate(zip(batches, keys), 1):
-            state, step_metrics = step_jit(state, data, indices, step_key)
-            metrics.append(step_metrics)
-            if on_step is not None:  # after the step has run, not when dispatched
-                step_metrics["loss"].block_until_ready()
-                on_step(done, len(batches))
-        return state, jax.tree.map(lambda *steps: jnp.stack(steps), *metrics)
-
-    return train_epoch_looped
+    return run_epoch
 
 
-def make_eval_metrics(
-    config: SAEConfig, batch_size: int, loop: bool = False
-) -> Callable:
+def make_eval_metrics(config: SAEConfig, batch_size: int) -> Callable:
     """``eval_metrics(params, data [n, input]) -> metrics``, the per-epoch metrics of
     a split, over every sample in evaluation mode (no lifetime top-k, no noise):
     recon, penalty and loss are means over samples (penalties per batch of
     ``batch_size``, weighted by its size); l0, dead_fraction and constant_fraction are
     ``saecommon.metrics.CodeStats``'s, from per-unit statistics reduced batch by batch
-    on the device. The batches run as one ``lax.scan``, or with ``loop``
-    (``host_loop``) one jitted call each."""
+    on the device. The batches run as one ``lax.scan``."""
     model = Autoencoder(config)
 
     def batch_metrics(params, x):
@@ -210,59 +222,61 @@ def make_eval_metrics(
         stats = (jnp.sum(code != 0, axis=0), code.min(axis=0), code.max(axis=0))
         return loss_terms(out, x, config), stats
 
-    def no_samples(dtype):  # the statistics of zero samples, the identity of merge
+    def no_samples(dtype, xp=jnp):  # the statistics of zero samples: merge's identity
         return (
-            jnp.zeros((config.code_dim,), jnp.int32),
-            jnp.full((config.code_dim,), jnp.inf, dtype),
-            jnp.full((config.code_dim,), -jnp.inf, dtype),
+            xp.zeros((config.code_dim,), xp.int32),
+            xp.full((config.code_dim,), xp.inf, dtype),
+            xp.full((config.code_dim,), -xp.inf, dtype),
         )
 
-    def merge(a, b):
-        return a[0] + b[0], jnp.minimum(a[1], b[1]), jnp.maximum(a[2], b[2])
+    def merge(a, b, xp=jnp):
+        return a[0] + b[0], xp.minimum(a[1], b[1]), xp.maximum(a[2], b[2])
 
-    @jax.jit
-    def scan_batches(params, batches):
+    # Everything on the device is jitted, the small merges after are numpy: op-by-op
+    # JAX would compile each slice and merge on its first call (seconds on a GPU).
+    @partial(jax.jit, static_argnums=2)
+    def scan_batches(params, data, full):
         def body(stats, x):
             terms, batch_stats = batch_metrics(params, x)
             return merge(stats, batch_stats), terms
 
-        return jax.lax.scan(body, no_samples(batches.dtype), batches)
+        batches = data[:full].reshape(-1, batch_size, data.shape[1])
+        return jax.lax.scan(body, no_samples(data.dtype), batches)
 
-    one_batch = jax.jit(batch_metrics)
-
-    def loop_batches(params, batches):
-        rows, stats = [], no_samples(batches.dtype)
-        for x in batches:
-            terms, batch_stats = one_batch(params, x)
-            stats = merge(stats, batch_stats)
-            rows.append(terms)
-        return stats, jax.tree.map(lambda *batch: jnp.stack(batch), *rows)
+    @partial(jax.jit, static_argnums=2)
+    def remainder(params, data, full):  # one smaller batch: a second compiled shape
+        return batch_metrics(params, data[full:])
 
     def eval_metrics(params, data) -> dict[str, float]:
         n = data.shape[0]
         full = n // batch_size * batch_size
         sums: dict[str, float] = {}
-        stats = no_samples(data.dtype)
+        stats = no_samples(data.dtype, np)
         if full:
-            batches = data[:full].reshape(-1, batch_size, data.shape[1])
-            run_batches = loop_batches if loop else scan_batches
-            stats, terms = run_batches(params, batches)
+            stats, terms = jax.device_get(scan_batches(params, data, full))
             sums = {k: float(np.sum(v)) * batch_size for k, v in terms.items()}
-        if full < n:  # the remainder as one smaller batch (a second compiled shape)
-            terms, batch_stats = one_batch(params, data[full:])
-            stats = merge(stats, batch_stats)
+        if full < n:
+            terms, batch_stats = jax.device_get(remainder(params, data, full))
+            stats = merge(stats, batch_stats, np)
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v) * (n - full)
         metrics = {k: v / n for k, v in sums.items()}
-        metrics.update(CodeStats(n, *jax.device_get(stats)).metrics())
+        metrics.update(CodeStats(n, *stats).metrics())
         return metrics
 
     return eval_metrics
 
 
 def init_params(config: SAEConfig, key: jax.Array):
-    """Random initial parameters (torch's default init rule, see models.py)."""
-    return Autoencoder(config).init(key, jnp.zeros((1, config.input_dim)))["params"]
+    """Random initial parameters (torch's default init rule, see models.py). Jitted:
+    run op by op, the conv models' init compiled ~170 small programs (20 s on a CPU);
+    the values are the same."""
+
+    @jax.jit
+    def init(key):
+        return Autoencoder(config).init(key, jnp.zeros((1, config.input_dim)))
+
+    return init(key)["params"]
 
 
 def init_state_dict(config: SAEConfig, seed: int) -> dict[str, np.ndarray]:
@@ -324,9 +338,13 @@ def train(
     steps_per_epoch = len(data.train) // tcfg.batch_size
     optimizer = make_optimizer(tcfg, steps_per_epoch, frozen)
     train_step = make_train_step(mcfg, tcfg, optimizer, data.pixel_range)
-    loop = host_loop(mcfg)
-    train_epoch = make_train_epoch(train_step, tcfg.batch_size, tcfg.shuffle, loop)
-    eval_metrics = make_eval_metrics(mcfg, tcfg.eval_batch_size, loop)
+    # Step progress inside epochs where they are long; on GPUs a host call per step
+    # would cost more than the progress is worth.
+    step_callbacks = progress and jax.default_backend() == "cpu"
+    train_epoch = make_train_epoch(
+        train_step, tcfg.batch_size, tcfg.shuffle, step_callbacks
+    )
+    eval_metrics = make_eval_metrics(mcfg, tcfg.eval_batch_size)
 
     init_key, train_key = jax.random.split(jax.random.key(tcfg.seed))
     if init is None:

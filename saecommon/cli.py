@@ -69,6 +69,7 @@ CHOICES = {
     "noise": train_config_module.NOISES,
     "shuffle_source": train_config_module.SHUFFLE_SOURCES,
     "pixel_scale": train_config_module.PIXEL_SCALES,
+    "precision": train_config_module.PRECISIONS,
 }
 """The accepted values of the string fields (the tuples the configs check against)."""
 

@@ -23,6 +23,7 @@ SCHEDULES = ("constant", "cosine", "plateau")
 NOISES = ("none", "gaussian", "masking")
 PIXEL_SCALES = ("unit", "symmetric")
 SHUFFLE_SOURCES = ("framework", "numpy")
+PRECISIONS = ("float32", "bfloat16")
 DATA_FIELDS = (
     "dataset",
     "pixel_scale",
@@ -104,6 +105,12 @@ class TrainConfig:
     layerwise_tied: bool = False
     """Tie the decoder weights while pretraining layer-wise (the fine-tune follows the
     model's ``tied``: a tied pretraining may be fine-tuned untied)."""
+    precision: str = "float32"
+    """Training's forward pass: float32, or bfloat16 (mixed precision: each step casts
+    the float32 master weights and the input to bfloat16, runs the model, sparsity
+    masks included, in bfloat16, and casts its outputs back to float32 for the loss
+    and penalties; gradients, weights and optimizer state stay float32). Evaluation
+    and checkpoints are float32 either way."""
 
     def __post_init__(self):
         if not isinstance(self.dataset, str) or not self.dataset:
@@ -131,6 +138,7 @@ class TrainConfig:
         check_int("plateau_patience", self.plateau_patience, minimum=0)
         check_choice("noise", self.noise, NOISES)
         check_choice("shuffle_source", self.shuffle_source, SHUFFLE_SOURCES)
+        check_choice("precision", self.precision, PRECISIONS)
         if self.noise_std < 0:
             raise ConfigError(f"noise_std must be >= 0, got {self.noise_std}")
         check_float("mask_fraction", self.mask_fraction)

@@ -508,10 +508,6 @@ def test_evaluation_counts_dead_and_constant_units_by_hand(framework):
         from jaxsae.training import make_eval_metrics
 
         metrics = make_eval_metrics(model, 32)(jaxsae.from_state_dict(sd, model), data)
-        looped = make_eval_metrics(model, 32, loop=True)(
-            jaxsae.from_state_dict(sd, model), data
-        )
-        assert looped == pytest.approx(metrics, rel=1e-6)
     else:
         import torchsae
         from torchsae.training import eval_metrics
@@ -522,10 +518,10 @@ def test_evaluation_counts_dead_and_constant_units_by_hand(framework):
     assert metrics["constant_fraction"] == 2 / 6
 
 
-def test_the_host_loop_computes_what_the_scan_does():
-    """Conv models on the CPU loop over steps on the host (jaxsae.training.host_loop);
-    the loop draws the scan's shuffle and keys, or takes the order numpy drew, and
-    gives the same epoch."""
+def test_the_scan_reports_each_step_and_takes_the_order_given():
+    """With step callbacks the scan calls on_step(done, steps) once per step, in
+    order, and computes what it computes without them; an order numpy drew is the
+    order used."""
     import jax.numpy as jnp
 
     from jaxsae import training as jt
@@ -536,29 +532,54 @@ def test_the_host_loop_computes_what_the_scan_does():
     step = jt.make_train_step(MODEL, tcfg, opt)
     data = jnp.asarray(synthetic_data().train)
     numpy_order = jnp.asarray(np.random.default_rng(0).permutation(len(data)), "int32")
-    results = {}
-    for loop in (False, True):
+    results, calls = {}, []
+    for callbacks in (False, True):
         for order in (None, numpy_order):
             fresh = jax.tree.map(jnp.copy, params)  # an epoch donates its state
             state = jt.TrainState(fresh, opt.init(fresh), jnp.zeros((), jnp.int32))
-            epoch = jt.make_train_epoch(step, 32, loop=loop)
-            state, metrics = epoch(state, data, jax.random.key(7), order)
-            evaluated = jt.make_eval_metrics(MODEL, 30, loop=loop)(
-                state.params, data[:70]
+            epoch = jt.make_train_epoch(step, 32, step_callbacks=callbacks)
+            state, metrics = epoch(
+                state, data, jax.random.key(7), order, lambda *a: calls.append(a)
             )
-            results[loop, order is None] = (state, metrics, evaluated)
+            jax.effects_barrier()
+            results[callbacks, order is None] = (state, metrics)
+    assert calls == [(i, 10) for i in range(1, 11)] * 2
     for own_order in (True, False):
-        (a, ma, ea), (b, mb, eb) = results[False, own_order], results[True, own_order]
+        (a, ma), (b, mb) = results[False, own_order], results[True, own_order]
         assert int(a.step) == int(b.step) == 10 and mb["loss"].shape == (10,)
-        np.testing.assert_allclose(ma["loss"], mb["loss"], rtol=1e-6)
+        np.testing.assert_array_equal(ma["loss"], mb["loss"])
         for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
-            np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7)
-        assert ea.keys() == eb.keys()
-        for k in ea:
-            assert ea[k] == pytest.approx(eb[k], rel=1e-6), k
+            np.testing.assert_array_equal(x, y)
     own, given = results[False, True][1]["loss"], results[False, False][1]["loss"]
     assert np.abs(own - given).max() > 1e-3  # the order given is the order used
-    assert jt.host_loop(SAEConfig(architecture="fullconv")) == (
-        jax.default_backend() == "cpu"
-    )
-    assert not jt.host_loop(MODEL)
+
+
+def test_a_bfloat16_run_trains_close_to_float32_and_records_its_precision(
+    framework, tmp_path
+):
+    """precision bfloat16 (mixed precision; the packages compared step by step in
+    parity_tests/test_mixed_precision.py): a tiny run, lifetime top-k included, ends
+    near float32's losses without being float32's; evaluation and the checkpoint are
+    float32; config.json records the precision, and a config.json from before the
+    field loads as float32."""
+    histories = {}
+    for precision in ("float32", "bfloat16"):
+        histories[precision] = trainer(framework)(
+            run_config(epochs=2, precision=precision),
+            tmp_path / precision,
+            data=synthetic_data(),
+            progress=False,
+        )
+    for f32, bf16 in zip(histories["float32"], histories["bfloat16"]):
+        for key in ("train/loss", "test/loss"):
+            assert bf16[key] != f32[key], f"{key}: bfloat16 gave float32's"
+            assert bf16[key] == pytest.approx(f32[key], rel=0.02), key
+    out = tmp_path / "bfloat16"
+    weights = load_file(out / "model.safetensors")
+    assert {v.dtype for v in weights.values()} == {np.dtype(np.float32)}
+    assert rundir.read_run_config(out).train.precision == "bfloat16"
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["train"]["precision"] == "bfloat16"
+    del saved["train"]["precision"]
+    old = RunConfig.from_json(json.dumps(saved))
+    assert old.train.precision == "float32"

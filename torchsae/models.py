@@ -135,9 +135,10 @@ class Autoencoder(nn.Module):
     def _conv(self, x: torch.Tensor, train: bool) -> AutoencoderOutput:
         cfg = self.config
         h = x.reshape(x.shape[0], *IMAGE_SHAPE)  # NCHW
+        fmt = _conv_memory_format(x)
         hiddens = []
         for i, layer in enumerate(self.encoder):
-            h = layer(h)
+            h = layer(h.contiguous(memory_format=fmt))
             if i < len(self.encoder) - 1:
                 h = activate(h, cfg.activation, cfg.negative_slope)
                 hiddens.append(h)
@@ -152,13 +153,27 @@ class Autoencoder(nn.Module):
             else code.reshape(-1, *CODE_SHAPES[cfg.architecture])
         )
         for i, layer in enumerate(self.decoder):
-            h = layer(h)
+            h = layer(
+                h if cfg.architecture == "conv" else h.contiguous(memory_format=fmt)
+            )
             if i < len(self.decoder) - 1:
                 h = activate(h, cfg.activation, cfg.negative_slope)
                 hiddens.append(h)
         h = h.flatten(1)
         reconstruction = activate(h, cfg.output_activation, cfg.negative_slope)
         return AutoencoderOutput(reconstruction, h, code, tuple(hiddens), mask)
+
+
+def _conv_memory_format(x: torch.Tensor) -> torch.memory_format:
+    """How convolution inputs are laid out in memory: channels_last (NHWC) on the CPU,
+    where oneDNN runs this package's convolutions faster that way (the fullconv
+    training step at batch 1200 on 2 cores: 0.50 s vs 0.69 s median, eager; a
+    torch.compile'd step is as fast either way); the default NCHW elsewhere. Only
+    memory strides change: every tensor keeps its NCHW shape and is read in that
+    order, and values agree with NCHW up to summation order. (A 1-channel image is
+    both layouts at once, so the first layer's output stays NCHW; each later input
+    is converted.)"""
+    return torch.channels_last if x.device.type == "cpu" else torch.contiguous_format
 
 
 def _build(spec: Layer, config: SAEConfig, generator) -> nn.Module:

@@ -78,6 +78,34 @@ def corrupt(
     return x
 
 
+def _forward(model: Autoencoder, inputs: torch.Tensor, precision: str):
+    """``model``'s training forward pass at ``precision`` (TrainConfig.precision).
+
+    bfloat16 is mixed precision, as in jaxsae: the float32 master parameters and
+    ``inputs`` are cast to bfloat16, every op of the model (sparsity masks included)
+    runs in bfloat16, and the outputs come back as float32, so the loss and penalties
+    are computed in float32. Autograd through the casts leaves float32 gradients on
+    the float32 parameters; the optimizer never sees bfloat16.
+
+    Not ``torch.autocast``: it casts per op, from lists that differ by device and
+    torch version (matmuls and convolutions to bfloat16, losses such as mse_loss to
+    float32, anything else by type promotion, so an op mixing a float32 parameter with
+    a bfloat16 activation runs in float32). jaxsae has no such policy and casts
+    everything once; the same casts in both packages keep them comparable
+    (parity_tests/test_mixed_precision.py)."""
+    if precision == "float32":
+        return model(inputs, train=True)
+    low, high = getattr(torch, precision), inputs.dtype  # high: float32 in training
+    params = {name: p.to(low) for name, p in model.named_parameters()}
+    out = torch.func.functional_call(model, params, (inputs.to(low),), {"train": True})
+    return out._replace(  # the mask stays bool
+        reconstruction=out.reconstruction.to(high),
+        logits=out.logits.to(high),
+        code=out.code.to(high),
+        hiddens=tuple(h.to(high) for h in out.hiddens),
+    )
+
+
 def make_train_step(
     config: SAEConfig,
     tcfg: TrainConfig,
@@ -90,10 +118,14 @@ def make_train_step(
     """``train_step(batch [batch, input], generator, step) -> metrics [4]`` (recon,
     penalty, loss, l0 as one device tensor; no host sync). ``step`` counts updates done
     before this one; with the cosine schedule it sets the learning rate, as optax's
-    cosine_decay_schedule does from its own count."""
+    cosine_decay_schedule does from its own count.
+
+    The forward pass runs at ``tcfg.precision`` (``_forward``); the loss, gradients,
+    parameters and optimizer state are float32 either way, and so is evaluation
+    (``eval_metrics``)."""
 
     def objective(inputs, batch):
-        out = model(inputs, train=True)
+        out = _forward(model, inputs, tcfg.precision)
         terms = loss_terms(out, batch, config)  # the target is the clean input
         l0 = (out.code != 0).sum(dim=1).to(batch.dtype).mean()
         return terms["loss"], torch.stack(

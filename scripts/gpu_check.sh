@@ -1,0 +1,211 @@
+#!/usr/bin/env bash
+# The GPU check, from a copy of the repository with nothing installed from it
+# (PYTHONPATH=.): the GPU parity cases in parallel pytest workers, then the GPU speed
+# rows of scripts/bench.py (both models, both frameworks, torch.compile, jaxsae with
+# each JAXSAE_CONV), then a summary: parity pass/fail counts, the worst jax-vs-torch
+# difference per dtype, the speed table. Each part has a time limit; the whole takes
+# under 8 minutes on one H100/H200.
+#
+#   scripts/gpu_check.sh              # on a GPU machine; exits 2 where there is none
+#   scripts/gpu_check.sh --cpu-smoke  # test this script on a CPU: a few CPU parity
+#                                     # cases and 1-step bench rows (~2-4 minutes)
+#
+# Output goes to $OUT (./gpu_check_out if unset): parity.log, parity.xml,
+# parity.jsonl (one line per compared case: PARITY_REPORT, parity_tests/harness.py),
+# bench_mlp.log, bench_conv.log (each ends with one JSON line per row), summary.txt.
+# Limits, in seconds (environment): PARITY_TIMEOUT (185), BENCH_MLP_TIMEOUT (115),
+# BENCH_CONV_TIMEOUT (115), each then given 10 s to stop: 445 s, plus ~20 s of
+# import checks. WORKERS (4): pytest-xdist workers. PYTHON (python).
+# Exit status: 0 all passed; 1 a parity failure, a part timed out or failed;
+# 2 no GPU (without --cpu-smoke); 3 a module the code imports is missing.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+SMOKE=0
+case "${1:-}" in
+--cpu-smoke) SMOKE=1 ;;
+"") ;;
+*)
+    sed -n '2,/^set /p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
+    exit 2
+    ;;
+esac
+
+PY="${PYTHON:-python}"
+OUT="${OUT:-./gpu_check_out}"
+WORKERS="${WORKERS:-4}"
+PARITY_TIMEOUT="${PARITY_TIMEOUT:-185}"
+BENCH_MLP_TIMEOUT="${BENCH_MLP_TIMEOUT:-115}"
+BENCH_CONV_TIMEOUT="${BENCH_CONV_TIMEOUT:-115}"
+export PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}"
+# JAX and torch share the GPU (and the parity workers share it four ways): no JAX
+# preallocation of 75% of its memory.
+export XLA_PYTHON_CLIENT_PREALLOCATE=false
+mkdir -p "$OUT"
+rm -f "$OUT"/parity.{log,xml,jsonl} "$OUT"/bench_{mlp,conv}.log "$OUT"/summary.txt
+export PARITY_REPORT="$OUT/parity.jsonl"
+start=$SECONDS
+status=0
+say() { echo "gpu_check: $*"; }
+
+# --- 1. What the code imports at runtime, each named with who needs it ---------------
+if ! "$PY" - <<'EOF'; then
+import importlib, sys
+
+need = {  # module: who imports it
+    "numpy": "everything",
+    "jax": "jaxsae",
+    "flax": "jaxsae/models.py",
+    "optax": "jaxsae/training.py",
+    "torch": "torchsae",
+    "safetensors": "saecommon/checkpoint.py (imported by both packages)",
+    "pytest": "the parity suite",
+}
+want = {  # missing: a warning, and what will not run
+    "xdist": "pytest-xdist: the parity cases run in one worker (slower; may hit PARITY_TIMEOUT)",
+    "scipy": "saecommon/probe.py: parity cases that evaluate with the linear probe fail",
+    "matplotlib": "saecommon/plots.py: parity cases that train to the end fail",
+    "tqdm": "saecommon/progress.py: only progress bars (not used here)",
+    "PIL": "Pillow: bench.py's mlp seed-style loop; the mlp bench is skipped",
+}
+missing = []
+for name, who in {**need, **want}.items():
+    try:
+        importlib.import_module(name)
+    except Exception as e:  # ImportError, or a broken install (CUDA libraries)
+        print(f"gpu_check: cannot import {name} ({type(e).__name__}: {e})")
+        print(f"gpu_check:   needed by {who}")
+        if name in need:
+            missing.append(name)
+if missing:
+    print(
+        f"gpu_check: missing {', '.join(missing)}: install it (pip install ...), or "
+        "put a copy on PYTHONPATH (safetensors' wheel is abi3: its site-packages "
+        "folder from any x86_64 Linux CPython 3.8+ works)"
+    )
+    sys.exit(3)
+EOF
+    exit 3
+fi
+have() { "$PY" -c "import $1" 2>/dev/null; }
+
+# --- 2. Is there a GPU for both frameworks? -------------------------------------------
+gpu_why=$("$PY" -c '
+from conftest import gpu_pair_available
+ok, why = gpu_pair_available()
+print("" if ok else why)
+' 2>/dev/null) || gpu_why="the GPU probe failed (python -c 'from conftest import gpu_pair_available')"
+if [[ -n "$gpu_why" && $SMOKE == 0 ]]; then
+    say "no GPU: $gpu_why. Nothing to check on this machine."
+    say "(scripts/gpu_check.sh --cpu-smoke runs this script with tiny CPU sizes)"
+    exit 2
+fi
+if [[ -z "$gpu_why" ]]; then
+    "$PY" -c 'import jax, torch; print("gpu_check: jax", jax.__version__, jax.devices()[0].device_kind, "| torch", torch.__version__, torch.cuda.get_device_name())'
+    DEVICE=cuda
+else
+    say "CPU smoke run ($gpu_why): tiny sizes, CPU parity cases; this checks the script, not a GPU"
+    DEVICE=cpu
+fi
+
+# --- 3. Parity ---------------------------------------------------------------------------
+if [[ $SMOKE == 1 ]]; then
+    PARITY_ARGS=(parity_tests/test_conv_matrix.py -m "not gpu" -k "fullconv and dense and l1all")
+else
+    PARITY_ARGS=(parity_tests -m gpu)
+fi
+XDIST=()
+if have xdist; then XDIST=(-n "$WORKERS"); fi
+say "parity: pytest ${PARITY_ARGS[*]} ${XDIST[*]} (limit ${PARITY_TIMEOUT}s)"
+# SIGINT first: pytest then reports what ran and writes its junit XML.
+timeout -s INT -k 10 "$PARITY_TIMEOUT" "$PY" -m pytest -q -p no:cacheprovider \
+    "${XDIST[@]}" --junitxml="$OUT/parity.xml" "${PARITY_ARGS[@]}" \
+    >"$OUT/parity.log" 2>&1
+rc=$?
+tail -n 15 "$OUT/parity.log"
+case $rc in
+0) ;;
+124 | 137) say "parity TIMED OUT after ${PARITY_TIMEOUT}s (counts below are partial)"; status=1 ;;
+*) say "parity: pytest exit status $rc"; status=1 ;;
+esac
+
+# --- 4. Speed -----------------------------------------------------------------------------
+bench() { # model limit args...
+    local model=$1 limit=$2
+    shift 2
+    say "bench $model: scripts/bench.py --device $DEVICE --model $model $* (limit ${limit}s)"
+    timeout -k 10 "$limit" "$PY" -u scripts/bench.py --device "$DEVICE" --model "$model" \
+        "$@" >"$OUT/bench_$model.log" 2>&1
+    local rc=$?
+    grep -v '^{' "$OUT/bench_$model.log" | tail -n 14
+    case $rc in
+    0) ;;
+    124 | 137) say "bench $model TIMED OUT after ${limit}s"; status=1 ;;
+    *) say "bench $model: exit status $rc (see $OUT/bench_$model.log)"; status=1 ;;
+    esac
+}
+if [[ $SMOKE == 1 ]]; then
+    MLP_ARGS=(--steps 1 --skip-compile)
+    CONV_ARGS=(--steps 1 --skip-compile)
+else
+    MLP_ARGS=(--steps 60)  # 15360 samples: 60 steps at batch 256, 480 at batch 32
+    CONV_ARGS=(--jax-conv both)  # one MNIST epoch, 50 steps at batch 1200
+fi
+if have PIL; then
+    bench mlp "$BENCH_MLP_TIMEOUT" "${MLP_ARGS[@]}"
+else
+    say "bench mlp skipped: Pillow (PIL) is missing (its seed-style loop needs it)"
+fi
+bench conv "$BENCH_CONV_TIMEOUT" "${CONV_ARGS[@]}"
+
+# --- 5. Summary -----------------------------------------------------------------------
+"$PY" - "$OUT" "$DEVICE" $((SECONDS - start)) <<'EOF' | tee "$OUT/summary.txt"
+import collections, json, pathlib, re, sys
+import xml.etree.ElementTree as ET
+
+out, device, elapsed = pathlib.Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+print(f"\n===== gpu_check summary ({device}, {elapsed}s) =====")
+counts = collections.Counter()
+try:
+    for suite in ET.parse(out / "parity.xml").getroot().iter("testsuite"):
+        for key in ("tests", "failures", "errors", "skipped"):
+            counts[key] += int(suite.get(key, 0))
+    passed = counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"]
+    print(
+        f"parity: {passed} passed, {counts['failures']} failed, {counts['errors']} "
+        f"errors, {counts['skipped']} skipped (of {counts['tests']})"
+    )
+except (OSError, ET.ParseError):
+    log = (out / "parity.log").read_text() if (out / "parity.log").exists() else ""
+    last = [l for l in log.splitlines() if re.search(r"passed|failed|error", l)]
+    print("parity: no junit XML;", last[-1] if last else "no result line")
+worst = {}
+report = out / "parity.jsonl"
+lines = report.read_text().splitlines() if report.exists() else []
+for line in lines:
+    r = json.loads(line)
+    if r["dtype"] not in worst or r["max_diff"] > worst[r["dtype"]]["max_diff"]:
+        worst[r["dtype"]] = r
+print(f"worst |jax - torch| per dtype, over {len(lines)} compared cases:")
+for dtype, r in sorted(worst.items()):
+    print(f"  {dtype:8s} {r['max_diff']:.3g}  ({r['worst']} in {r['case']})")
+if not worst:
+    print("  (none recorded)")
+rows = []
+for model in ("mlp", "conv"):
+    log = out / f"bench_{model}.log"
+    if log.exists():
+        rows += [json.loads(l) for l in log.read_text().splitlines() if l.startswith('{"bench"')]
+print("speed:")
+if rows:
+    print(f"  {'model':5s} {'way':32s} {'batch':>5s} {'s/step':>9s} {'ms/epoch':>9s} {'vs seed':>8s}")
+for r in rows:
+    print(
+        f"  {r['bench']:5s} {r['way']:32s} {r['batch']:5d} {r['s_per_step']:9.5f} "
+        f"{r['ms_per_epoch']:9.0f} {r['vs_seed']:7.2f}x"
+    )
+if not rows:
+    print("  (no bench rows)")
+EOF
+if [[ $status == 0 ]]; then say "all parts passed"; else say "FAILED (see above and $OUT)"; fi
+exit $status
