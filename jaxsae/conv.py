@@ -6,15 +6,17 @@ the speed of its matmul library in both. So on the CPU the layers are written as
 matrix products, and on GPUs (cuDNN) as convolutions: ``conv_impl`` picks.
 
 - ``conv2d`` as matmul: im2col. The k*k shifted (strided) slices of the input are
-  concatenated on the channel axis, [B, Ho, Wo, k*k*Cin], and multiplied by the kernel
+  stacked on the channel axis, [B, Ho, Wo, k*k*Cin], and multiplied by the kernel
   read as [k*k*Cin, Cout].
 - ``conv_transpose2d`` as matmul: col2im. Each input pixel is multiplied by the whole
   kernel, [B, H, W, k*k*Cout], and each of the k*k planes is added into the output at
   its offset with stride-spaced zeros between pixels (``lax.pad``'s interior padding).
   Written as a convolution of the dilated input it would multiply mostly zeros.
 
-Both give the same sums as the convolution ops in a different order: float32 results
-agree to rounding (tests/test_conv.py), float64 to ~1e-15.
+On the CPU the batch goes through them in chunks (``_by_chunks``), so that each
+chunk's patches stay in the cache. Both give the same sums as the convolution ops in
+a different order: float32 results agree to rounding, float64 to ~1e-15
+(tests/test_conv.py).
 """
 
 from __future__ import annotations
@@ -38,12 +40,13 @@ def conv_impl(impl: str = "auto") -> str:
     """ "xla" or "matmul": ``impl`` itself, or for "auto" the ``JAXSAE_CONV``
     environment variable if set, else "matmul" on the CPU backend and "xla" on
     GPUs and TPUs."""
-    if impl == "auto":
-        impl = os.environ.get(ENV, "") or (
-            "matmul" if jax.default_backend() == "cpu" else "xla"
-        )
+    source = "convolution implementation"
+    if impl == "auto" and os.environ.get(ENV):
+        impl, source = os.environ[ENV], f"environment variable {ENV}"
+    elif impl == "auto":
+        impl = "matmul" if jax.default_backend() == "cpu" else "xla"
     if impl not in IMPLS[1:]:
-        raise ValueError(f"convolution implementation {impl!r}: use one of {IMPLS}")
+        raise ValueError(f"{source} is {impl!r}: use one of {IMPLS}")
     return impl
 
 

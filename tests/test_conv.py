@@ -99,8 +99,10 @@ def test_the_implementation_is_chosen_per_backend_and_can_be_overridden(monkeypa
     monkeypatch.setenv(conv.ENV, "xla")
     assert conv.conv_impl() == "xla"
     monkeypatch.setenv(conv.ENV, "fft")
-    with pytest.raises(ValueError, match="'fft'.*auto.*xla.*matmul"):
+    with pytest.raises(ValueError, match="JAXSAE_CONV is 'fft'.*auto.*xla.*matmul"):
         conv.conv_impl()
+    with pytest.raises(ValueError, match="implementation is 'cudnn'"):
+        conv.conv_impl("cudnn")
 
 
 def test_max_pool_equals_torch_and_sends_ties_to_the_first_maximum():
