@@ -60,6 +60,29 @@ def _out_size(size: int, k: int, stride: int) -> int:
 # back to full size: k*k times the work, 300x slower for an 8x8 kernel).
 
 
+def _windows(x: jax.Array, axis: int, k: int, stride: int, out: int) -> jax.Array:
+    """The k slices of ``x`` along ``axis`` (1: rows, 2: columns) that start at 0..k-1
+    and take ``out`` values ``stride`` apart, stacked as a new axis 3."""
+    span = stride * (out - 1) + 1
+    return jnp.stack(
+        [jax.lax.slice_in_dim(x, i, i + span, stride, axis) for i in range(k)], axis=3
+    )
+
+
+def _add_windows(p: jax.Array, axis: int, k: int, stride: int, size: int) -> jax.Array:
+    """The transpose of ``_windows``: the k planes of p's axis 3 added back, each at
+    its offset along ``axis``, into ``size`` places (axis 3 removed)."""
+    span = stride * (p.shape[axis] - 1) + 1
+    zero = jnp.zeros((), p.dtype)
+
+    def placed(i):  # plane i, moved i places along axis, stride - 1 zeros between
+        padding = [(0, 0, 0)] * (p.ndim - 1)
+        padding[axis] = (i, size - i - span, stride - 1)
+        return jax.lax.pad(jax.lax.index_in_dim(p, i, 3, keepdims=False), zero, padding)
+
+    return sum(placed(i) for i in range(k))
+
+
 @partial(jax.custom_vjp, nondiff_argnums=(1, 2))
 def im2col(x: jax.Array, k: int, stride: int) -> jax.Array:
     """x [B, H, W, C] -> patches [B, Ho, Wo, k*k*C] of every VALID k x k window
@@ -67,15 +90,10 @@ def im2col(x: jax.Array, k: int, stride: int) -> jax.Array:
     x[b, ho*stride + i, wo*stride + j, c]."""
     _, h, w, _ = x.shape
     ho, wo = _out_size(h, k, stride), _out_size(w, k, stride)
-    span_h, span_w = stride * (ho - 1) + 1, stride * (wo - 1) + 1
     # In two passes, columns then rows: the second moves whole rows of k*C values,
     # and XLA's CPU code for it is 2-3x faster than one k*k-way concatenation.
-    cols = jnp.stack(
-        [x[:, :, j : j + span_w : stride] for j in range(k)], axis=3
-    )  # [B, H, Wo, k, C]
-    rows = jnp.stack(
-        [cols[:, i : i + span_h : stride] for i in range(k)], axis=3
-    )  # [B, Ho, Wo, k, k, C]
+    cols = _windows(x, 2, k, stride, wo)  # [B, H, Wo, k, C]
+    rows = _windows(cols, 1, k, stride, ho)  # [B, Ho, Wo, k, k, C]
     return rows.reshape(*rows.shape[:3], -1)
 
 
@@ -84,30 +102,10 @@ def col2im(patches: jax.Array, k: int, stride: int, size: tuple[int, int]) -> ja
     """The transpose of ``im2col``: patches [B, Ho, Wo, k*k*C] -> [B, H, W, C] with
     (H, W) = ``size``, each window's values added back where ``im2col`` took them."""
     b, ho, wo, kkc = patches.shape
-    c = kkc // (k * k)
-    h, w = size
-    span_h, span_w = stride * (ho - 1) + 1, stride * (wo - 1) + 1
-    zero = jnp.zeros((), patches.dtype)
-    gap = stride - 1
-    patches = patches.reshape(b, ho, wo, k, k, c)
-    # Rows first (k pads of [B, Ho, Wo, k, C] into [B, H, Wo, k, C]), then columns:
-    # 2k pads instead of k*k.
-    rows = sum(
-        jax.lax.pad(
-            patches[:, :, :, i],
-            zero,
-            ((0, 0, 0), (i, h - i - span_h, gap), (0, 0, 0), (0, 0, 0), (0, 0, 0)),
-        )
-        for i in range(k)
-    )  # [B, H, Wo, k, C]
-    return sum(
-        jax.lax.pad(
-            rows[:, :, :, j],
-            zero,
-            ((0, 0, 0), (0, 0, 0), (j, w - j - span_w, gap), (0, 0, 0)),
-        )
-        for j in range(k)
-    )
+    patches = patches.reshape(b, ho, wo, k, k, kkc // (k * k))
+    # Rows first, then columns: 2k pads instead of k*k.
+    rows = _add_windows(patches, 1, k, stride, size[0])  # [B, H, Wo, k, C]
+    return _add_windows(rows, 2, k, stride, size[1])
 
 
 def _im2col_fwd(x, k, stride):

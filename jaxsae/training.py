@@ -187,18 +187,14 @@ def make_train_epoch(
         indices, keys = plan(data, key, order)
         steps = indices.shape[0]
 
-        def body(carry, xs):
-            state, done = carry
-            batch, step_key = xs
+        def body(state, xs):
+            batch, step_key, done = xs
             state, metrics = train_step(state, data[batch], step_key)
             if step_callbacks:  # the loss argument makes it wait for the step
-                jax.debug.callback(report, done + 1, steps, metrics["loss"])
-            return (state, done + 1), metrics
+                jax.debug.callback(report, done, steps, metrics["loss"])
+            return state, metrics
 
-        (state, _), metrics = jax.lax.scan(
-            body, (state, jnp.zeros((), jnp.int32)), (indices, keys)
-        )
-        return state, metrics
+        return jax.lax.scan(body, state, (indices, keys, jnp.arange(1, steps + 1)))
 
     def run_epoch(state, data, key, order=None, on_step=None):
         hook["on_step"] = on_step  # read by callbacks that may run after we return

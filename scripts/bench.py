@@ -38,6 +38,7 @@ import json
 import os
 import platform
 import time
+from unittest import mock
 
 import jax
 import jax.numpy as jnp
@@ -122,9 +123,7 @@ def bench_jax(run, x: np.ndarray, batch: int, conv: str | None = None) -> float:
     opt = jt.make_optimizer(tcfg, len(x) // batch)
     step = jt.make_train_step(run.model, tcfg, opt)
     epoch = jt.make_train_epoch(step, batch, True, step_callbacks=False)
-    params = jt.Autoencoder(run.model).init(jax.random.key(0), jnp.zeros((1, 784)))[
-        "params"
-    ]
+    params = jt.init_params(run.model, jax.random.key(0))
     holder = {
         "state": jt.TrainState(params, opt.init(params), jnp.zeros((), jnp.int32))
     }
@@ -134,16 +133,8 @@ def bench_jax(run, x: np.ndarray, batch: int, conv: str | None = None) -> float:
         holder["state"], m = epoch(holder["state"], data, jax.random.key(1))
         jax.block_until_ready(m)
 
-    saved = os.environ.get(JAX_CONV_ENV)
-    if conv is not None:
-        os.environ[JAX_CONV_ENV] = conv
-    try:
+    with mock.patch.dict(os.environ, {} if conv is None else {JAX_CONV_ENV: conv}):
         once()  # trace and compile (with JAXSAE_CONV set), and run once
-    finally:
-        if saved is None:
-            os.environ.pop(JAX_CONV_ENV, None)
-        else:
-            os.environ[JAX_CONV_ENV] = saved
     return len(x) // batch * batch / best_of(once, 3, budget_s=10)
 
 
