@@ -132,3 +132,52 @@ def test_training_modules_share_their_contract():
     # functions); torch loops eagerly over resident tensors (train_epoch/eval_metrics).
     assert hasattr(jt, "make_train_epoch") and hasattr(tt, "train_epoch")
     assert hasattr(jt, "make_eval_metrics") and hasattr(tt, "eval_metrics")
+
+
+# Dictionary SAEs (jaxsae/dictionary.py, torchsae/dictionary.py): pure math with the
+# same argument names; torch's constructors also take a device (JAX places arrays on
+# its default device).
+DICTIONARY_PURE = [
+    "jumprelu",
+    "step",
+    "gather_pre",
+    "sparse_decode",
+    "batchtopk_mask",
+    "aux_mask",
+    "threshold_value",
+    "pre_activation",
+    "encode",
+    "decode",
+    "forward",
+    "loss_terms",
+    "remove_parallel_component",
+    "unit_rows",
+    "update_threshold",
+    "to_state_dict",
+    "params_from_state_dict",
+    "init_state",
+    "make_train_step",
+]
+
+
+def test_dictionary_modules_mirror():
+    from jaxsae import dictionary as jd
+    from jaxsae import dictionary_training as jt
+    from torchsae import dictionary as td
+    from torchsae import dictionary_training as tt
+
+    assert sorted(jd.__all__) == sorted(td.__all__)
+    assert sorted(jt.__all__) == sorted(tt.__all__)
+    assert set(DICTIONARY_PURE) <= set(jd.__all__)
+    for name in DICTIONARY_PURE:
+        a = list(inspect.signature(getattr(jd, name)).parameters)
+        b = [
+            p for p in inspect.signature(getattr(td, name)).parameters if p != "device"
+        ]
+        assert a == b, f"dictionary.{name}: jax {a} vs torch {b}"
+    for name in ("train", "train_array", "forward_numpy", "backend"):
+        a = list(inspect.signature(getattr(jt, name)).parameters)
+        b = [
+            p for p in inspect.signature(getattr(tt, name)).parameters if p != "device"
+        ]
+        assert a == b, f"dictionary_training.{name}: jax {a} vs torch {b}"

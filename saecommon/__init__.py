@@ -26,6 +26,13 @@ Evaluation
 Command lines
     cli.py           flags -> RunConfig for scripts/train.py
     frameworks.py    the one place that picks jaxsae or torchsae (imported on demand)
+Dictionary SAEs on transformer activations
+    dictionary_config.py  DictConfig, DictTrainConfig, the per-step schedules
+    dictionary.py    initial weights, geometric median, input scale, checkpoint
+    activations.py   the on-disk activation cache, its seeded stream, Prefetcher
+    transformer.py   Hugging Face models offline: texts, residual stream, splice
+    dict_run.py      the training loop both packages run, the run folder, resume
+    dict_cli.py      flags -> DictRun for scripts/train_sae.py
 """
 
 from saecommon.checkpoint import (

@@ -108,6 +108,8 @@ def _parse_value(kind: str, text: str) -> Any:
             return float(text)
         if base.startswith("tuple[int"):
             return tuple(int(part) for part in text.split(",") if part.strip())
+        if base.startswith("tuple[float"):
+            return tuple(float(part) for part in text.split(",") if part.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"expected {_metavar(kind)}, got {text!r}"
@@ -125,7 +127,10 @@ def _metavar(kind: str, choices=None) -> str:
         "float": "FLOAT",
         "str": "TEXT",
     }
-    text = words.get(base, "INT,INT,..." if base.startswith("tuple[int") else base)
+    lists = {"tuple[int": "INT,INT,...", "tuple[float": "FLOAT,FLOAT"}
+    text = words.get(
+        base, next((v for k, v in lists.items() if base.startswith(k)), base)
+    )
     return text + ("|none" if kind.endswith("| None") else "")
 
 
@@ -139,15 +144,28 @@ def _shown(value: Any) -> str:
     return str(value)
 
 
-def _field_flags(
-    groups: dict[str, argparse._ArgumentGroup], cls, fallback: str, preset, defaults
+def field_flags(
+    groups: dict[str, argparse._ArgumentGroup],
+    cls,
+    fallback: str,
+    preset,
+    defaults,
+    choices_of: dict[str, tuple[str, ...]] = CHOICES,
+    grouping: dict[str, tuple[str, ...]] = GROUPS,
+    skip: tuple[str, ...] = (),
 ) -> None:
+    """A flag per field of the config dataclass ``cls`` (its docstring as help, its
+    default from ``defaults``), into the argparse group ``grouping`` names or
+    ``fallback``, but for the fields in ``skip``; the value lands in ``args`` as
+    "<cls name>.<field>" when given."""
     docs = field_docs(cls)
     for field in dataclasses.fields(cls):
+        if field.name in skip:
+            continue
         kind = str(field.type)
-        choices = CHOICES.get(field.name)
+        choices = choices_of.get(field.name)
         group = next(
-            (name for name, names in GROUPS.items() if field.name in names), fallback
+            (name for name, names in grouping.items() if field.name in names), fallback
         )
         default = getattr(defaults, field.name)
         origin = f"preset {preset}" if preset else "default"
@@ -243,8 +261,8 @@ def build_parser(preset: str | None = None) -> argparse.ArgumentParser:
         help="a folder of the four standard IDX files (MNIST, Fashion-MNIST, KMNIST); "
         "the same as --dataset DIR",
     )
-    _field_flags(groups, SAEConfig, "model", preset, base.model)
-    _field_flags(groups, TrainConfig, "training", preset, base.train)
+    field_flags(groups, SAEConfig, "model", preset, base.model)
+    field_flags(groups, TrainConfig, "training", preset, base.train)
     return parser
 
 

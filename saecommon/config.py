@@ -196,13 +196,19 @@ class SAEConfig:
 
     @classmethod
     def from_json(cls, text: str) -> SAEConfig:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"config is not valid JSON: {err}") from None
-        if not isinstance(data, dict):
-            raise ConfigError("config JSON must be an object")
-        return cls.from_dict(data)
+        return cls.from_dict(json_object(text))
+
+
+def json_object(text: str) -> dict[str, Any]:
+    """The JSON object in ``text``; ConfigError if it is not valid JSON or not an
+    object."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"config is not valid JSON: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError("config JSON must be an object")
+    return data
 
 
 def from_fields(cls, data: dict[str, Any], what: str):

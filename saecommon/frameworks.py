@@ -118,6 +118,12 @@ class Framework:
     batch_size, progress) -> (evaluation, source, out_dir)``."""
     init_state_dict: Callable
     """``init_state_dict(config, seed)``: the portable initial weights ``train`` draws."""
+    train_dictionary: Callable = None
+    """``train_dictionary(run, out_dir, *, resume, overwrite, progress) -> summary``
+    for a dictionary SAE (saecommon.dict_run.DictRun)."""
+    dictionary_backend: Callable = None
+    """``dictionary_backend()``: the functions saecommon/dict_run.py's loop and the
+    dictionary evaluation call, bound to the device."""
 
 
 def load(name: str, device: str | None = None) -> Framework:
@@ -129,7 +135,7 @@ def load(name: str, device: str | None = None) -> Framework:
         import jax
 
         import jaxsae
-        from jaxsae import evaluation, layerwise, training
+        from jaxsae import dictionary_training, evaluation, layerwise, training
 
         if device is None:
             return Framework(
@@ -140,6 +146,8 @@ def load(name: str, device: str | None = None) -> Framework:
                 layerwise.pretrain,
                 evaluation.evaluate_checkpoint,
                 training.init_state_dict,
+                dictionary_training.train,
+                dictionary_training.backend,
             )
         chosen = _jax_device(device)
         return Framework(
@@ -150,11 +158,13 @@ def load(name: str, device: str | None = None) -> Framework:
             _on_device(layerwise.pretrain, chosen),
             _on_device(evaluation.evaluate_checkpoint, chosen),
             _on_device(training.init_state_dict, chosen),
+            _on_device(dictionary_training.train, chosen),
+            _on_device(dictionary_training.backend, chosen),
         )
     import torch
 
     import torchsae
-    from torchsae import evaluation, layerwise, training
+    from torchsae import dictionary_training, evaluation, layerwise, training
 
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -168,4 +178,6 @@ def load(name: str, device: str | None = None) -> Framework:
         functools.partial(layerwise.pretrain, device=device),
         functools.partial(evaluation.evaluate_checkpoint, device=device),
         training.init_state_dict,
+        functools.partial(dictionary_training.train, device=device),
+        functools.partial(dictionary_training.backend, device=device),
     )

@@ -169,3 +169,90 @@ def constant_fraction(code) -> float:
     """The share of units of ``code`` [n, code] that take one value on every sample
     (zero or not)."""
     return CodeStats.of(code).constant_fraction
+
+
+# --------------------------------------------------------------------------- dictionaries
+
+
+@dataclasses.dataclass
+class ReconStats:
+    """Sums over tokens that give a dictionary SAE's reconstruction metrics and merge
+    batch by batch (float64), so a streamed evaluation reads the same definitions as
+    one array:
+
+    - ``fvu``: fraction of variance unexplained, sum ||x - x_hat||^2 over
+      sum ||x - mean(x)||^2 (the mean over tokens, per dimension);
+      ``explained_variance`` = 1 - fvu;
+    - ``cosine``: mean over tokens of cos(x, x_hat) (0 where either is 0);
+    - ``relative_bias``: E||x_hat||^2 / E[x . x_hat], the relative reconstruction
+      bias gamma of Rajamanoharan et al. 2024 (Gated SAEs): 1 is unbiased, < 1
+      shrinks.
+    """
+
+    n: int = 0
+    sq_error: float = 0.0
+    sum_x: np.ndarray | float = 0.0
+    sum_sq_x: float = 0.0
+    cosine_sum: float = 0.0
+    dot: float = 0.0
+    sq_hat: float = 0.0
+
+    @classmethod
+    def of(cls, x, x_hat) -> ReconStats:
+        x, x_hat = _pair(x, x_hat)
+        x = x.reshape(x.shape[0], -1)
+        x_hat = x_hat.reshape(x.shape)
+        norms = np.linalg.norm(x, axis=1) * np.linalg.norm(x_hat, axis=1)
+        dots = np.sum(x * x_hat, axis=1)
+        cos = np.divide(dots, norms, out=np.zeros_like(dots), where=norms > 0)
+        return cls(
+            n=x.shape[0],
+            sq_error=float(np.sum((x - x_hat) ** 2)),
+            sum_x=x.sum(axis=0),
+            sum_sq_x=float(np.sum(x**2)),
+            cosine_sum=float(cos.sum()),
+            dot=float(dots.sum()),
+            sq_hat=float(np.sum(x_hat**2)),
+        )
+
+    def merge(self, other: ReconStats) -> ReconStats:
+        return ReconStats(
+            n=self.n + other.n,
+            sq_error=self.sq_error + other.sq_error,
+            sum_x=self.sum_x + other.sum_x,
+            sum_sq_x=self.sum_sq_x + other.sum_sq_x,
+            cosine_sum=self.cosine_sum + other.cosine_sum,
+            dot=self.dot + other.dot,
+            sq_hat=self.sq_hat + other.sq_hat,
+        )
+
+    @property
+    def fvu(self) -> float:
+        total = self.sum_sq_x - float(np.sum(np.square(self.sum_x))) / self.n
+        return self.sq_error / total if total > 0 else math.nan
+
+    @property
+    def explained_variance(self) -> float:
+        return 1.0 - self.fvu
+
+    @property
+    def cosine(self) -> float:
+        return self.cosine_sum / self.n
+
+    @property
+    def relative_bias(self) -> float:
+        return self.sq_hat / self.dot if self.dot else math.nan
+
+    def as_dict(self) -> dict[str, float]:
+        return {
+            "fvu": self.fvu,
+            "explained_variance": self.explained_variance,
+            "cosine": self.cosine,
+            "relative_bias": self.relative_bias,
+        }
+
+
+def fvu(x, x_hat) -> float:
+    """Fraction of variance unexplained of ``x_hat`` for ``x`` [n, d]
+    (:class:`ReconStats`)."""
+    return ReconStats.of(x, x_hat).fvu

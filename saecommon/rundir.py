@@ -97,9 +97,35 @@ def describe_run(out_dir: str | os.PathLike) -> str:
     if run is not None:
         parts.append(f"of {_model_words(run.model)}")
         parts.append(f"{epochs} of {run.train.epochs} epochs done")
+    elif (dictionary := _dictionary_words(out_dir)) is not None:
+        return f"{parts[0]} of {dictionary}"
     else:
         parts.append(f"{epochs} epochs done")
+        return ", ".join(parts)
     return f"{' '.join(parts[:2])}, {parts[2]}"
+
+
+def _dictionary_words(out_dir) -> str | None:
+    """ "a topk dictionary 384x3072, 500 of 1000 steps done" for a dictionary SAE's
+    run folder (saecommon/dict_run.py), else None."""
+    from saecommon.dict_run import read_run
+
+    try:
+        run = read_run(out_dir)
+    except Exception:
+        return None
+    steps = 0
+    try:
+        steps = json.loads(
+            safe_open(os.path.join(out_dir, TRAIN_STATE), "np").metadata()["meta"]
+        )["step"]
+    except Exception:
+        pass
+    model = run.model
+    return (
+        f"a {model.activation} dictionary {model.d_in}x{model.d_sae}, {steps} of "
+        f"{run.train.steps} steps done"
+    )
 
 
 def _model_words(model) -> str:

@@ -3,8 +3,9 @@
 # (PYTHONPATH=.): the GPU parity cases in parallel pytest workers, then the GPU speed
 # rows of scripts/bench.py (both models, both frameworks, torch.compile, jaxsae with
 # each JAXSAE_CONV), then a summary: parity pass/fail counts, the worst jax-vs-torch
-# difference per dtype, the speed table. Each part has a time limit; the whole takes
-# under 8 minutes on one H100/H200.
+# difference per dtype, the speed table; then the dictionary SAE rows of
+# scripts/bench_sae.py. Each part has a time limit; the whole takes under 11 minutes
+# on one H100/H200.
 #
 #   scripts/gpu_check.sh              # on a GPU machine; exits 2 where there is none
 #   scripts/gpu_check.sh --cpu-smoke  # test this script on a CPU: a few CPU parity
@@ -14,8 +15,9 @@
 # parity.jsonl (one line per compared case: PARITY_REPORT, parity_tests/harness.py),
 # bench_mlp.log, bench_conv.log (each ends with one JSON line per row), summary.txt.
 # Limits, in seconds (environment): PARITY_TIMEOUT (185), BENCH_MLP_TIMEOUT (115),
-# BENCH_CONV_TIMEOUT (115), each then given 10 s to stop: 445 s, plus ~20 s of
-# import checks. WORKERS (4): pytest-xdist workers. PYTHON (python).
+# BENCH_CONV_TIMEOUT (115), BENCH_DICT_TIMEOUT (75, twice: the dictionary SAE in
+# float32 and bfloat16, bench_dict_*.log), each then given 10 s to stop: 615 s, plus
+# ~20 s of import checks. WORKERS (4): pytest-xdist workers. PYTHON (python).
 # Exit status: 0 all passed; 1 a parity failure, a part timed out or failed;
 # 2 no GPU (without --cpu-smoke); 3 a module the code imports is missing.
 set -uo pipefail
@@ -37,12 +39,14 @@ WORKERS="${WORKERS:-4}"
 PARITY_TIMEOUT="${PARITY_TIMEOUT:-185}"
 BENCH_MLP_TIMEOUT="${BENCH_MLP_TIMEOUT:-115}"
 BENCH_CONV_TIMEOUT="${BENCH_CONV_TIMEOUT:-115}"
+BENCH_DICT_TIMEOUT="${BENCH_DICT_TIMEOUT:-75}"
 export PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}"
 # JAX and torch share the GPU (and the parity workers share it four ways): no JAX
 # preallocation of 75% of its memory.
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
 mkdir -p "$OUT"
-rm -f "$OUT"/parity.{log,xml,jsonl} "$OUT"/bench_{mlp,conv}.log "$OUT"/summary.txt
+rm -f "$OUT"/parity.{log,xml,jsonl} "$OUT"/bench_{mlp,conv}.log "$OUT"/bench_dict_*.log \
+    "$OUT"/summary.txt
 export PARITY_REPORT="$OUT/parity.jsonl"
 start=$SECONDS
 status=0
@@ -157,6 +161,30 @@ else
     say "bench mlp skipped: Pillow (PIL) is missing (its seed-style loop needs it)"
 fi
 bench conv "$BENCH_CONV_TIMEOUT" "${CONV_ARGS[@]}"
+
+# Dictionary SAEs: a GPT-2-small-sized TopK SAE (768 -> 24576, k 32, batch 4096) in
+# jaxsae and torchsae, float32 and bfloat16 (float32 master weights), on synthetic
+# activations (the issue's target: jaxsae bfloat16 >= 2.2M tokens/s on an H200).
+dict_bench() { # precision
+    say "bench dictionary $1: scripts/bench_sae.py (limit ${BENCH_DICT_TIMEOUT}s)"
+    timeout -k 10 "$BENCH_DICT_TIMEOUT" "$PY" -u scripts/bench_sae.py --device "$DEVICE" \
+        --precision "$1" --impls jaxsae,torchsae "${DICT_ARGS[@]}" \
+        >"$OUT/bench_dict_$1.log" 2>&1
+    local rc=$?
+    grep -v '^{' "$OUT/bench_dict_$1.log" | tail -n 6
+    case $rc in
+    0) ;;
+    124 | 137) say "bench dictionary $1 TIMED OUT"; status=1 ;;
+    *) say "bench dictionary $1: exit status $rc"; status=1 ;;
+    esac
+}
+if [[ $SMOKE == 1 ]]; then
+    DICT_ARGS=(--synthetic 4096 --d-in 32 --d-sae 256 --k 8 --batch 256 --steps 4 --heldout 512)
+else
+    DICT_ARGS=(--synthetic 150000 --d-in 768 --d-sae 24576 --k 32 --batch 4096 --steps 40 --heldout 8192)
+fi
+dict_bench float32
+dict_bench bfloat16
 
 # --- 5. Summary -----------------------------------------------------------------------
 "$PY" - "$OUT" "$DEVICE" $((SECONDS - start)) <<'EOF' | tee "$OUT/summary.txt"
