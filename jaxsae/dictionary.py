@@ -509,7 +509,7 @@ def init_state(state_dict, config: DictConfig, train: DictTrainConfig) -> DictSt
 
 def remove_parallel_component(grad: jax.Array, w_dec: jax.Array) -> jax.Array:
     """grad [d_sae, d_in] less its component along each decoder row, so a step moves
-    rows along the unit sphere (Bricken et al. 2023; sparsify; SAELens)."""
+    rows along the unit sphere (Bricken et al. 2023; sparsify; dictionary_learning)."""
     dots = jnp.sum(grad * w_dec, axis=1, keepdims=True)
     return grad - dots * w_dec / jnp.sum(w_dec**2, axis=1, keepdims=True)
 
@@ -556,6 +556,8 @@ def make_train_step(config: DictConfig, train: DictTrainConfig):
         )
         if train.normalize_decoder:
             params["W_dec"] = unit_rows(params["W_dec"])
+        if "threshold" in params:  # raw theta stays >= 0 (SAELens 6 clamps it too)
+            params["threshold"] = jnp.maximum(params["threshold"], 0)
         threshold = state.threshold
         if batch_rule:
             threshold = update_threshold(

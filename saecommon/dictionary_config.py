@@ -62,8 +62,7 @@ class DictConfig:
     """jumprelu: the threshold is trained as log(theta) (the default: theta stays
     positive by construction, so no clamp is needed, and Adam's steps are relative to
     its size; SAELens's earlier versions did this) or as raw theta (Rajamanoharan et
-    al. 2024; SAELens 6 trains it raw and clamps it at 0 before each step; raw theta
-    is not clamped here, and a negative one is refused on loading)."""
+    al. 2024; SAELens 6 trains it raw too), clamped at 0 after each step."""
     input_scale: float = 1.0
     """A fixed factor applied to the input (and undone on the output): the activation
     normalisation measured before training (DictTrainConfig.input_normalization)."""

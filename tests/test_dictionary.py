@@ -528,3 +528,21 @@ def test_bfloat16_compute_keeps_float32_weights_loss_and_threshold(activation):
     for key in results["jax"]:
         a, b = results["jax"][key], results["torch"][key]
         assert np.abs(a - b).max() <= BF16_TOLERANCE * max(1.0, np.abs(b).max()), key
+
+
+def test_a_raw_threshold_is_clamped_at_zero_after_each_step(dfw):
+    """A raw theta that the L0 penalty's pull and a large step would take below 0 stays
+    at 0 (a negative threshold cannot be saved); log theta cannot go below 0."""
+    config = DictConfig(d_in=4, d_sae=6, activation="jumprelu", threshold_param="raw")
+    train = DictTrainConfig(
+        batch_size=8, b_dec_init="zeros", threshold_init=0.01, bandwidth=1.0,
+        learning_rate=1.0,
+    )  # fmt: skip
+    sd = {k: v.astype(np.float64) for k, v in init_state_dict(config, train).items()}
+    state = dfw.mod.init_state(sd, config, train)
+    stepper = dfw.mod.make_train_step(config, train)
+    x = np.random.default_rng(0).normal(size=(8, 4))
+    # a negative L0 coefficient pulls theta down: a step of lr 1 overshoots 0
+    state, _ = stepper(state, dfw.asarray(x), dfw.mod.Coefficients(1.0, -1.0))
+    theta = dfw.mod.to_state_dict(state.params, state.threshold, config)["threshold"]
+    assert theta.min() == 0.0 and (theta >= 0).all()

@@ -497,7 +497,7 @@ def init_state(
 
 def remove_parallel_component(grad: torch.Tensor, w_dec: torch.Tensor) -> torch.Tensor:
     """grad [d_sae, d_in] less its component along each decoder row, so a step moves
-    rows along the unit sphere (Bricken et al. 2023; sparsify; SAELens)."""
+    rows along the unit sphere (Bricken et al. 2023; sparsify; dictionary_learning)."""
     dots = (grad * w_dec).sum(dim=1, keepdim=True)
     return grad - dots * w_dec / (w_dec**2).sum(dim=1, keepdim=True)
 
@@ -541,6 +541,8 @@ def make_train_step(config: DictConfig, train: DictTrainConfig):
             state.optimizer.step()
             if train.normalize_decoder:
                 params["W_dec"].copy_(unit_rows(params["W_dec"]))
+            if "threshold" in params:  # raw theta stays >= 0 (SAELens 6 clamps it too)
+                params["threshold"].clamp_(min=0)
             if batch_rule:
                 state.threshold = update_threshold(
                     state.threshold, terms["min_kept"], train.threshold_beta
