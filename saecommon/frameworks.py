@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 from collections.abc import Callable
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 
 from saecommon.config import check_choice
 
@@ -98,6 +99,17 @@ def _on_device(function: Callable, device) -> Callable:
     return run
 
 
+def _bound_backend(backend: ModuleType, device) -> SimpleNamespace:
+    """``backend``'s attributes, its functions run on JAX device ``device``."""
+    return SimpleNamespace(
+        **{
+            name: _on_device(value, device) if inspect.isfunction(value) else value
+            for name, value in vars(backend).items()
+            if not name.startswith("_")
+        }
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class Framework:
     """One package's entry points, with the same signatures in both (torch's bound to
@@ -159,7 +171,7 @@ def load(name: str, device: str | None = None) -> Framework:
             _on_device(evaluation.evaluate_checkpoint, chosen),
             _on_device(training.init_state_dict, chosen),
             _on_device(dictionary_training.train, chosen),
-            _on_device(dictionary_training.backend, chosen),
+            functools.partial(_bound_backend, dictionary_training.backend(), chosen),
         )
     import torch
 
