@@ -41,7 +41,10 @@ CASES = {
         dict(activation="batchtopk", k=K),
         dict(aux_k=5, aux_normalization="none"),
     ),
-    "jumprelu-log": (dict(activation="jumprelu"), dict(bandwidth=0.05)),
+    "jumprelu-log": (
+        dict(activation="jumprelu", threshold_param="log"),
+        dict(bandwidth=0.05),
+    ),
     "jumprelu-raw": (
         dict(activation="jumprelu", threshold_param="raw", subtract_b_dec=False),
         dict(bandwidth=0.05),

@@ -58,11 +58,14 @@ class DictConfig:
     matryoshka_widths: tuple[int, ...] = ()
     """matryoshka: the nested prefix widths, strictly increasing, each <= d_sae; the
     whole dictionary (d_sae) is always the last prefix, added if not given."""
-    threshold_param: str = "log"
-    """jumprelu: the threshold is trained as log(theta) (the default: theta stays
-    positive by construction, so no clamp is needed, and Adam's steps are relative to
-    its size; SAELens's earlier versions did this) or as raw theta (Rajamanoharan et
-    al. 2024; SAELens 6 trains it raw too), clamped at 0 after each step."""
+    threshold_param: str = "raw"
+    """jumprelu: the threshold is trained as raw theta (the default, as in
+    Rajamanoharan et al. 2024 and SAELens 6), clamped at 0 after each step, or as
+    log(theta) (positive by construction, as SAELens's earlier versions did). Adam
+    moves log theta by about the learning rate *relative* to theta per step, so from
+    a small start it barely moves at an SAE's learning rate: on MiniLM, 300 steps at
+    lr 2e-4 (bandwidth 0.05, start 0.1, l0_coefficient 1) left L0 at 871 of 3072
+    with log theta and 701 with raw theta."""
     input_scale: float = 1.0
     """A fixed factor applied to the input (and undone on the output): the activation
     normalisation measured before training (DictTrainConfig.input_normalization)."""
