@@ -98,14 +98,15 @@ def write_synthetic(
 
 
 # --- our implementations (run as workers by this script: --worker jaxsae|torchsae) ----
-# The one place that knows the dictionary-training API of jaxsae/torchsae; adapt it
-# here when that API settles. Assumed, in {jaxsae,torchsae}.OURS_MODULE:
+# The one place that knows the dictionary-training API of jaxsae/torchsae, in
+# {jaxsae,torchsae}.OURS_MODULE:
 #   train_array(model_config, train_config, data, *, steps, warmup_steps_untimed=1)
 #       -> (state_dict: dict[str, np.ndarray], seconds of the timed steps)
 #   forward_numpy(state_dict, model_config, x [tokens, d_in]) -> (z, x_hat)
-# with the configs of saecommon.dictionary_config. ``data`` is the training memmap
-# [tokens, d_in]; train_array batches it in bench_sae_peers.batch_indices's order
-# (one seeded permutation, wrapping), so every impl sees the same tokens each step.
+# (torch's also take device=), with the configs of saecommon.dictionary_config.
+# ``data`` is the training memmap [tokens, d_in]; train_array batches it in
+# bench_sae_peers.batch_indices's order (saecommon.dictionary.array_start: one seeded
+# permutation, wrapping), so every impl sees the same tokens each step.
 OURS_MODULE = "dictionary_training"
 
 
