@@ -254,17 +254,24 @@ def _mm(a: jax.Array, b: jax.Array, precision: str) -> jax.Array:
     return a @ b
 
 
-def _centered(params: Params, x: jax.Array, config: DictConfig) -> jax.Array:
+def _scaled(params: Params, x: jax.Array, config: DictConfig):
+    """(xs, xc): the normalised input x * input_scale, and the encoder's input
+    xs - b_dec (or xs without the b_dec subtraction)."""
     xs = x * config.input_scale
-    return xs - params["b_dec"] if config.subtract_b_dec else xs
+    return xs, xs - params["b_dec"] if config.subtract_b_dec else xs
+
+
+def _linear(xc, w_enc, b_enc, precision: str) -> jax.Array:
+    """xc @ W_enc + b_enc."""
+    return _mm(xc, w_enc, precision) + b_enc
 
 
 def pre_activation(
     params: Params, x: jax.Array, config: DictConfig, precision: str = "float32"
 ) -> jax.Array:
     """pre [tokens, d_sae] = (x * input_scale - b_dec) @ W_enc + b_enc."""
-    xc = _centered(params, x, config)
-    return _mm(xc, params["W_enc"], precision) + params["b_enc"]
+    _, xc = _scaled(params, x, config)
+    return _linear(xc, params["W_enc"], params["b_enc"], precision)
 
 
 def encode(
@@ -323,9 +330,8 @@ def loss_terms(
     rules, ``min_kept`` (the smallest kept positive value; inf if none)."""
     act = config.activation
     n = x.shape[0]
-    xs = x * config.input_scale
-    xc = xs - params["b_dec"] if config.subtract_b_dec else xs
-    pre = _mm(xc, params["W_enc"], train.precision) + params["b_enc"]
+    xs, xc = _scaled(params, x, config)
+    pre = _linear(xc, params["W_enc"], params["b_enc"], train.precision)
     terms: dict[str, jax.Array] = {}
     zero = jnp.zeros((), xs.dtype)
     sparsity = aux = zero

@@ -27,7 +27,8 @@ from jaxsae.dictionary import (
 from jaxsae.training import _restore_state, _state_arrays
 from saecommon import dict_run
 from saecommon.dictionary import array_batch, array_start
-from saecommon.dictionary_config import DictConfig, DictTrainConfig, coefficients
+from saecommon.dictionary_config import DictConfig, DictTrainConfig
+from saecommon.schedules import coefficients
 
 FRAMEWORK = "jax"
 
@@ -114,8 +115,8 @@ def train_array(
     """Train on ``data`` [tokens, d_in] (batches in a seeded numpy order, wrapping
     around) for ``steps`` steps; returns (state dict, seconds of the timed steps: all
     but the first ``warmup_steps_untimed``, which include compilation)."""
-    order, sd = array_start(config, train, data)
-    state = init_state(state_dict_init or sd, config, train)
+    order, sd = array_start(config, train, data, state_dict_init)
+    state = init_state(sd, config, train)
     step_fn = make_train_step(config, train)
     start = None
     for s in range(steps):

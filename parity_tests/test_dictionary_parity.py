@@ -19,7 +19,8 @@ import torch
 from jaxsae import dictionary as jd
 from parity_tests.harness import compare, on_device
 from saecommon.dictionary import init_state_dict
-from saecommon.dictionary_config import DictConfig, DictTrainConfig, coefficients
+from saecommon.dictionary_config import DictConfig, DictTrainConfig
+from saecommon.schedules import coefficients
 from torchsae import dictionary as td
 
 D_IN, D_SAE, TOKENS, K = 12, 40, 24, 4

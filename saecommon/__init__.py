@@ -12,7 +12,8 @@ Data and files
     checkpoint.py    the portable checkpoint (safetensors + JSON config), atomic writes
     rundir.py        the run directory: file names, config, train state, history
 Training (the framework-neutral half of both trainers)
-    schedules.py     cosine learning rate, reduce-on-plateau, the numpy epoch order
+    schedules.py     cosine learning rate, reduce-on-plateau, the numpy epoch order,
+                     the dictionary SAE's per-step learning rate and coefficient
     recorder.py      RunRecorder: per-epoch row, checks, writes, end-of-run summary
     layerwise.py     greedy layer-wise pretraining, the stage plan
     progress.py      progress bars and lines
@@ -27,7 +28,7 @@ Command lines
     cli.py           flags -> RunConfig for scripts/train.py
     frameworks.py    the one place that picks jaxsae or torchsae (imported on demand)
 Dictionary SAEs on transformer activations
-    dictionary_config.py  DictConfig, DictTrainConfig, the per-step schedules
+    dictionary_config.py  DictConfig, DictTrainConfig
     dictionary.py    initial weights, geometric median, input scale, checkpoint
     activations.py   the on-disk activation cache, its seeded stream, Prefetcher
     transformer.py   Hugging Face models offline: texts, residual stream, splice

@@ -43,13 +43,8 @@ def expected_shapes(config: SAEConfig) -> dict[str, tuple[int, ...]]:
 def check_state_dict(state_dict: StateDict, config: SAEConfig) -> None:
     """Raise CheckpointError naming every missing, unexpected and mis-shaped key."""
     expected = expected_shapes(config)
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    misshaped = [
-        f"{k}: checkpoint {tuple(state_dict[k].shape)}, model {expected[k]}"
-        for k in expected
-        if k in state_dict and tuple(state_dict[k].shape) != expected[k]
-    ]
+    missing, unexpected, wrong = compare_shapes(state_dict, expected)
+    misshaped = [f"{k}: checkpoint {got}, model {want}" for k, got, want in wrong]
     problems = []
     if missing:
         problems.append("missing keys: " + ", ".join(missing))
@@ -68,6 +63,21 @@ def check_state_dict(state_dict: StateDict, config: SAEConfig) -> None:
         raise CheckpointError(
             f"checkpoint tensors must share one float dtype, got {dtypes}"
         )
+
+
+def compare_shapes(
+    state_dict: StateDict, expected: Mapping[str, tuple[int, ...]]
+) -> tuple[list[str], list[str], list[tuple[str, tuple, tuple]]]:
+    """(missing keys, unexpected keys, [(key, shape found, shape expected)]) of
+    ``state_dict`` against ``expected`` names and shapes."""
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    misshaped = [
+        (k, tuple(np.shape(state_dict[k])), expected[k])
+        for k in expected
+        if k in state_dict and tuple(np.shape(state_dict[k])) != expected[k]
+    ]
+    return missing, unexpected, misshaped
 
 
 def check_frozen(frozen: Collection[str], config: SAEConfig) -> None:

@@ -181,6 +181,13 @@ def field_flags(
         )
 
 
+def given_fields(args: argparse.Namespace, cls) -> dict[str, Any]:
+    """The fields of config class ``cls`` given as flags (``field_flags``'s), by
+    field name."""
+    prefix = f"{cls.__name__}."
+    return {k[len(prefix) :]: v for k, v in vars(args).items() if k.startswith(prefix)}
+
+
 def peek_preset(argv) -> str | None:
     """The --preset in ``argv`` (if any, and known), so --help shows its defaults."""
     peek = argparse.ArgumentParser(add_help=False)
@@ -300,12 +307,8 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
             ) from None
         return RunConfig(run.model, dataclasses.replace(run.train, epochs=epochs))
     base = PRESETS[args.preset] if args.preset else RunConfig()
-    model = {
-        k.split(".")[1]: v for k, v in overrides.items() if k.startswith("SAEConfig.")
-    }
-    train = {
-        k.split(".")[1]: v for k, v in overrides.items() if k.startswith("TrainConfig.")
-    }
+    model = given_fields(args, SAEConfig)
+    train = given_fields(args, TrainConfig)
     if model.get("architecture", "mlp") != "mlp" and "hidden_dims" not in model:
         model["hidden_dims"] = None  # the conv architectures fix their own code width
     return RunConfig(

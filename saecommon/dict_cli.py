@@ -11,7 +11,7 @@ import os
 
 from saecommon import dictionary_config as dc
 from saecommon import rundir
-from saecommon.cli import field_flags
+from saecommon.cli import field_flags, given_fields
 from saecommon.config import ConfigError
 from saecommon.dict_run import DictRun, read_run
 from saecommon.frameworks import FRAMEWORKS
@@ -112,13 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
 def run_from_args(args: argparse.Namespace, d_in: int | None = None) -> DictRun:
     """The DictRun the flags describe; on --resume, the run folder's own with only
     --steps applied. ``d_in`` (the cache's width) is the default of --d-in."""
-    given = {k: v for k, v in vars(args).items() if "." in k}
-    model = {
-        k.split(".")[1]: v for k, v in given.items() if k.startswith("DictConfig.")
-    }
-    train = {
-        k.split(".")[1]: v for k, v in given.items() if k.startswith("DictTrainConfig.")
-    }
+    model = given_fields(args, dc.DictConfig)
+    train = given_fields(args, dc.DictTrainConfig)
     if args.resume:
         if not os.path.isfile(os.path.join(args.out, rundir.CONFIG)):
             raise ConfigError(f"--resume: no run to continue in {args.out}")

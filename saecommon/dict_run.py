@@ -19,7 +19,6 @@ import json
 import math
 import os
 import signal
-import sys
 import threading
 import time
 from types import ModuleType
@@ -32,12 +31,10 @@ from saecommon.activations import ActivationCache, Prefetcher
 from saecommon.checkpoint import CheckpointError, atomic_write
 from saecommon.config import ConfigError, check_int, from_fields
 from saecommon.dictionary import init_state_dict, input_scale, save_dictionary
-from saecommon.dictionary_config import (
-    DictConfig,
-    DictTrainConfig,
-    coefficients,
-)
+from saecommon.dictionary_config import DictConfig, DictTrainConfig
 from saecommon.metrics import ReconStats
+from saecommon.progress import terminal_bar
+from saecommon.schedules import coefficients
 
 
 class DictTrainingInterrupted(KeyboardInterrupt):
@@ -177,7 +174,11 @@ def train_dictionary(
         state = backend.init_state(sd, model, run.train)
         first = 0
     step_fn = backend.make_train_step(model, run.train)
-    bar = _bar(run.train.steps, first, progress)
+    bar = (
+        terminal_bar(total=run.train.steps, initial=first, unit="step")
+        if progress
+        else None
+    )
     sums: dict[str, float] = {}
     count = 0
     tick = time.perf_counter()
@@ -321,14 +322,6 @@ class _StopRequest:
 def read_run(out_dir: str) -> DictRun:
     with open(os.path.join(out_dir, rundir.CONFIG)) as f:
         return DictRun.from_json(f.read())
-
-
-def _bar(total: int, initial: int, enabled: bool):
-    if not enabled or not sys.stderr.isatty():
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
 
 
 def _line(row: dict, total: int) -> None:

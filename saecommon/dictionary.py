@@ -16,6 +16,7 @@ from saecommon.checkpoint import (
     CheckpointError,
     atomic_write,
     check_finite_weights,
+    compare_shapes,
     read_safetensors,
 )
 from saecommon.config import ConfigError
@@ -100,14 +101,20 @@ def init_state_dict(
 
 
 def array_start(
-    config: DictConfig, train: DictTrainConfig, data: np.ndarray
+    config: DictConfig,
+    train: DictTrainConfig,
+    data: np.ndarray,
+    state_dict: StateDict | None = None,
 ) -> tuple[np.ndarray, StateDict]:
     """For training on an array in memory (``train_array`` in both packages): the
     token order (one seeded permutation, ``default_rng(train.seed)``, batches wrapping
-    around it) and the initial weights from its first ``init_sample_tokens``."""
+    around it) and the initial weights: ``state_dict`` if given, else drawn with the
+    order's first ``init_sample_tokens`` as the sample."""
     order = np.random.default_rng(train.seed).permutation(len(data))
-    sample = data[order[: train.init_sample_tokens]]
-    return order, init_state_dict(config, train, sample)
+    if state_dict is None:
+        sample = data[order[: train.init_sample_tokens]]
+        state_dict = init_state_dict(config, train, sample)
+    return order, state_dict
 
 
 def array_batch(data: np.ndarray, order: np.ndarray, step: int, batch: int):
@@ -121,13 +128,10 @@ def check_state_dict(state_dict: StateDict, config: DictConfig, source: str) -> 
     """CheckpointError naming every missing, unexpected and mis-shaped tensor, any
     non-finite weight, and a NaN or negative threshold."""
     expected = config.shapes()
-    problems = [f"missing {k} {s}" for k, s in expected.items() if k not in state_dict]
-    problems += [f"unexpected {k}" for k in state_dict if k not in expected]
-    problems += [
-        f"{k} is {tuple(np.shape(state_dict[k]))}, the config says {s}"
-        for k, s in expected.items()
-        if k in state_dict and tuple(np.shape(state_dict[k])) != s
-    ]
+    missing, unexpected, misshaped = compare_shapes(state_dict, expected)
+    problems = [f"missing {k} {expected[k]}" for k in missing]
+    problems += [f"unexpected {k}" for k in unexpected]
+    problems += [f"{k} is {got}, the config says {want}" for k, got, want in misshaped]
     if problems:
         raise CheckpointError(
             f"{source} does not fit a {config.activation} SAE "

@@ -29,7 +29,7 @@ class EpochProgress:
         self.epoch = initial + 1  # the epoch the next steps belong to
         self.epoch_start = self.last_shown = self.start
         self.bar = (
-            _terminal_bar(total=total, initial=initial, unit="epoch")
+            terminal_bar(total=total, initial=initial, unit="epoch")
             if enabled
             else None
         )
@@ -85,7 +85,7 @@ class IterationProgress:
         self.label, self.what = label, what
         self.start = time.perf_counter()
         self.bar = (
-            _terminal_bar(total=total, desc=label, unit="it", leave=False)
+            terminal_bar(total=total, desc=label, unit="it", leave=False)
             if label
             else None
         )
@@ -107,7 +107,7 @@ class IterationProgress:
             )
 
 
-def _terminal_bar(**options):
+def terminal_bar(**options):
     """A tqdm bar when stderr is a terminal, else None (the caller prints lines)."""
     if not sys.stderr.isatty():
         return None

@@ -53,16 +53,23 @@ def holds_run(out_dir: str | os.PathLike) -> bool:
     return any(os.path.exists(os.path.join(out_dir, name)) for name in RUN_FILES)
 
 
-def _state_framework(path: str) -> str | None:
-    """The framework that wrote the train state at ``path`` (read from its header
-    only), or None when there is none or it cannot be read."""
+def _state_meta(path: str) -> dict:
+    """The metadata of the train state at ``path`` (read from its header only), or
+    {} when there is none or it cannot be read."""
     if not os.path.isfile(path):
-        return None
+        return {}
     try:
         with safe_open(path, "np") as f:
-            return json.loads(f.metadata()["meta"]).get("framework")
+            meta = json.loads(f.metadata()["meta"])
     except Exception:  # a damaged or foreign file: say nothing about it
-        return None
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def _state_framework(path: str) -> str | None:
+    """The framework that wrote the train state at ``path``, or None when there is
+    none or it cannot be read."""
+    return _state_meta(path).get("framework")
 
 
 def run_framework(out_dir: str | os.PathLike) -> str | None:
@@ -114,13 +121,7 @@ def _dictionary_words(out_dir) -> str | None:
         run = read_run(out_dir)
     except Exception:
         return None
-    steps = 0
-    try:
-        steps = json.loads(
-            safe_open(os.path.join(out_dir, TRAIN_STATE), "np").metadata()["meta"]
-        )["step"]
-    except Exception:
-        pass
+    steps = _state_meta(os.path.join(out_dir, TRAIN_STATE)).get("step", 0)
     model = run.model
     return (
         f"a {model.activation} dictionary {model.d_in}x{model.d_sae}, {steps} of "

@@ -1,6 +1,7 @@
 """The rules both trainers apply per step and per epoch, written once: the cosine
 learning rate, reduce-on-plateau, and the numpy epoch order (``shuffle_source``
-"numpy")."""
+"numpy"); for dictionary SAEs, the learning rate's warm-up and decay and the sparsity
+coefficient's warm-up (``coefficients``)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import math
 
 import numpy as np
 
+from saecommon.dictionary_config import DictConfig, DictTrainConfig
 from saecommon.train_config import TrainConfig
 
 
@@ -53,3 +55,37 @@ class Plateau:
             self.bad_epochs = 0
             return lr * self.factor
         return lr
+
+
+def sparsity_coefficient(base: float, step: int, warmup_steps: int) -> float:
+    """The L1/L0 coefficient at ``step`` (0-based, before the update): linear warm-up
+    from 0 to ``base`` over ``warmup_steps`` (Rajamanoharan et al. 2024)."""
+    if warmup_steps == 0:
+        return base
+    return base * min(1.0, (step + 1) / warmup_steps)
+
+
+def learning_rate(train: DictTrainConfig, step: int) -> float:
+    """Adam's learning rate at ``step`` (0-based): linear warm-up, constant, then
+    linear decay to 0 over the last decay_steps (both trainers use this function)."""
+    lr = train.learning_rate
+    if train.warmup_steps and step < train.warmup_steps:
+        return lr * (step + 1) / train.warmup_steps
+    decay_start = train.steps - train.decay_steps
+    if train.decay_steps and step >= decay_start:
+        return lr * (train.steps - step) / train.decay_steps
+    return lr
+
+
+def coefficients(config: DictConfig, train: DictTrainConfig, step: int):
+    """(learning rate, sparsity coefficient) at ``step``: what both trainers pass
+    each step (the L0 coefficient for jumprelu, else the L1 one, after warm-up)."""
+    base = (
+        train.l0_coefficient
+        if config.activation == "jumprelu"
+        else train.l1_coefficient
+    )
+    return (
+        learning_rate(train, step),
+        sparsity_coefficient(base, step, train.sparsity_warmup_steps),
+    )

@@ -134,19 +134,24 @@ case $rc in
 esac
 
 # --- 4. Speed -----------------------------------------------------------------------------
+timed() { # name limit log lines command...: run it under its limit, show its log
+    local name=$1 limit=$2 log=$3 lines=$4
+    shift 4
+    timeout -k 10 "$limit" "$@" >"$log" 2>&1
+    local rc=$?
+    grep -v '^{' "$log" | tail -n "$lines"
+    case $rc in
+    0) ;;
+    124 | 137) say "$name TIMED OUT after ${limit}s"; status=1 ;;
+    *) say "$name: exit status $rc (see $log)"; status=1 ;;
+    esac
+}
 bench() { # model limit args...
     local model=$1 limit=$2
     shift 2
     say "bench $model: scripts/bench.py --device $DEVICE --model $model $* (limit ${limit}s)"
-    timeout -k 10 "$limit" "$PY" -u scripts/bench.py --device "$DEVICE" --model "$model" \
-        "$@" >"$OUT/bench_$model.log" 2>&1
-    local rc=$?
-    grep -v '^{' "$OUT/bench_$model.log" | tail -n 14
-    case $rc in
-    0) ;;
-    124 | 137) say "bench $model TIMED OUT after ${limit}s"; status=1 ;;
-    *) say "bench $model: exit status $rc (see $OUT/bench_$model.log)"; status=1 ;;
-    esac
+    timed "bench $model" "$limit" "$OUT/bench_$model.log" 14 \
+        "$PY" -u scripts/bench.py --device "$DEVICE" --model "$model" "$@"
 }
 if [[ $SMOKE == 1 ]]; then
     MLP_ARGS=(--steps 1 --skip-compile)
@@ -167,16 +172,9 @@ bench conv "$BENCH_CONV_TIMEOUT" "${CONV_ARGS[@]}"
 # activations (the target: jaxsae bfloat16 >= 2.2M tokens/s on an H200).
 dict_bench() { # precision
     say "bench dictionary $1: scripts/bench_sae.py (limit ${BENCH_DICT_TIMEOUT}s)"
-    timeout -k 10 "$BENCH_DICT_TIMEOUT" "$PY" -u scripts/bench_sae.py --device "$DEVICE" \
-        --precision "$1" --impls jaxsae,torchsae "${DICT_ARGS[@]}" \
-        >"$OUT/bench_dict_$1.log" 2>&1
-    local rc=$?
-    grep -v '^{' "$OUT/bench_dict_$1.log" | tail -n 6
-    case $rc in
-    0) ;;
-    124 | 137) say "bench dictionary $1 TIMED OUT"; status=1 ;;
-    *) say "bench dictionary $1: exit status $rc"; status=1 ;;
-    esac
+    timed "bench dictionary $1" "$BENCH_DICT_TIMEOUT" "$OUT/bench_dict_$1.log" 6 \
+        "$PY" -u scripts/bench_sae.py --device "$DEVICE" --precision "$1" \
+        --impls jaxsae,torchsae "${DICT_ARGS[@]}"
 }
 if [[ $SMOKE == 1 ]]; then
     DICT_ARGS=(--synthetic 4096 --d-in 32 --d-sae 256 --k 8 --batch 256 --steps 4 --heldout 512)

@@ -21,13 +21,9 @@ from saecommon.dictionary import (
     load_dictionary,
     save_dictionary,
 )
-from saecommon.dictionary_config import (
-    DictConfig,
-    DictTrainConfig,
-    learning_rate,
-    sparsity_coefficient,
-)
+from saecommon.dictionary_config import DictConfig, DictTrainConfig
 from saecommon.metrics import ReconStats
+from saecommon.schedules import learning_rate, sparsity_coefficient
 from torchsae import dictionary as td
 
 

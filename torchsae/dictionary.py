@@ -230,13 +230,19 @@ def _linear(xc, w_enc, b_enc, precision: str) -> torch.Tensor:
     return torch.addmm(b_enc, xc, w_enc)
 
 
+def _scaled(params: Params, x: torch.Tensor, config: DictConfig):
+    """(xs, xc): the normalised input x * input_scale, and the encoder's input
+    xs - b_dec (or xs without the b_dec subtraction)."""
+    xs = x * config.input_scale
+    return xs, xs - params["b_dec"] if config.subtract_b_dec else xs
+
+
 def pre_activation(
     params: Params, x: torch.Tensor, config: DictConfig, precision: str = "float32"
 ) -> torch.Tensor:
     """pre [tokens, d_sae] = (x * input_scale - b_dec) @ W_enc + b_enc."""
-    xs = x * config.input_scale
-    xc = xs - params["b_dec"] if config.subtract_b_dec else xs
-    return _mm(xc, params["W_enc"], precision) + params["b_enc"]
+    _, xc = _scaled(params, x, config)
+    return _linear(xc, params["W_enc"], params["b_enc"], precision)
 
 
 def encode(params: Params, x, config: DictConfig, threshold=None) -> torch.Tensor:
@@ -292,8 +298,7 @@ def loss_terms(
     rules, ``min_kept`` (the smallest kept positive value; inf if none)."""
     act = config.activation
     n = x.shape[0]
-    xs = x * config.input_scale
-    xc = xs - params["b_dec"] if config.subtract_b_dec else xs
+    xs, xc = _scaled(params, x, config)
     terms: dict[str, torch.Tensor] = {}
     zero = torch.zeros((), dtype=xs.dtype)
     sparsity = aux = zero

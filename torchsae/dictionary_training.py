@@ -15,17 +15,16 @@ import torch
 from saecommon import dict_run
 from saecommon.checkpoint import CheckpointError
 from saecommon.dictionary import array_batch, array_start
-from saecommon.dictionary_config import DictConfig, DictTrainConfig, coefficients
+from saecommon.dictionary_config import DictConfig, DictTrainConfig
+from saecommon.schedules import coefficients
 from torchsae.dictionary import (
     Coefficients,
     DictState,
     forward,
+    init_state,
     make_train_step,
     params_from_state_dict,
     to_state_dict,
-)
-from torchsae.dictionary import (
-    init_state as _init_state,
 )
 
 FRAMEWORK = "torch"
@@ -44,10 +43,6 @@ __all__ = [
 
 def put(x: np.ndarray, device="cpu") -> torch.Tensor:
     return torch.from_numpy(x).to(device)
-
-
-def init_state(state_dict, config, train, device="cpu") -> DictState:
-    return _init_state(state_dict, config, train, device)
 
 
 def host_metrics(metrics: dict) -> dict[str, float]:
@@ -168,8 +163,8 @@ def train_array(
     """Train on ``data`` [tokens, d_in] (batches in a seeded numpy order, wrapping
     around) for ``steps`` steps on ``device``; returns (state dict, seconds of the
     timed steps: all but the first ``warmup_steps_untimed``)."""
-    order, sd = array_start(config, train, data)
-    state = init_state(state_dict_init or sd, config, train, device)
+    order, sd = array_start(config, train, data, state_dict_init)
+    state = init_state(sd, config, train, device)
     step_fn = make_train_step(config, train)
     start = None
     for s in range(steps):
