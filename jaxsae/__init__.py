@@ -7,6 +7,7 @@ from jaxsae.checkpoint import (
     to_state_dict,
     untie,
 )
+from jaxsae.convert import load_foreign, save_foreign
 from jaxsae.evaluation import encode, evaluate_checkpoint, evaluate_model
 from jaxsae.losses import bce_loss, loss_terms, mse_loss, reconstruction_loss
 from jaxsae.models import (
@@ -47,6 +48,8 @@ __all__ = [
     "lifetime_topk",
     "lifetime_topk_mask",
     "load_checkpoint",
+    "load_foreign",
+    "save_foreign",
     "loss_terms",
     "mse_loss",
     "reconstruction_loss",

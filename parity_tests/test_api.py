@@ -40,6 +40,8 @@ IDIOMATIC = {
     "encode",
     "evaluate_model",
     "evaluate_checkpoint",
+    "load_foreign",
+    "save_foreign",
 }
 
 
@@ -181,3 +183,17 @@ def test_dictionary_modules_mirror():
             p for p in inspect.signature(getattr(tt, name)).parameters if p != "device"
         ]
         assert a == b, f"dictionary_training.{name}: jax {a} vs torch {b}"
+
+
+def test_convert_modules_share_their_contract():
+    # load_foreign(path, format, *, fields, hookpoint) in both; torch adds device.
+    from jaxsae import convert as jc
+    from torchsae import convert as tc
+
+    assert jc.__all__ == tc.__all__ == ["load_foreign", "save_foreign"]
+    a = list(inspect.signature(jc.load_foreign).parameters)
+    b = list(inspect.signature(tc.load_foreign).parameters)
+    assert a == ["path", "format", "fields", "hookpoint"] and b == a + ["device"]
+    assert list(inspect.signature(jc.save_foreign).parameters) == list(
+        inspect.signature(tc.save_foreign).parameters
+    )

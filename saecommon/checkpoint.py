@@ -94,6 +94,11 @@ def check_frozen(frozen: Collection[str], config: SAEConfig) -> None:
 def write_checkpoint(path: str | os.PathLike, state_dict: StateDict, config: SAEConfig):
     """Write ``state_dict`` and ``config`` atomically: a kill mid-write leaves the old
     file (or none), never a truncated one."""
+    atomic_write(path, checkpoint_bytes(state_dict, config))
+
+
+def checkpoint_bytes(state_dict: StateDict, config: SAEConfig) -> bytes:
+    """The checkpoint file's bytes, after checking every tensor against ``config``."""
     check_state_dict(state_dict, config)
     arrays = {k: np.ascontiguousarray(v) for k, v in state_dict.items()}
     metadata = {
@@ -101,7 +106,7 @@ def write_checkpoint(path: str | os.PathLike, state_dict: StateDict, config: SAE
         "format_version": FORMAT_VERSION,
         "config": config.to_json(),
     }
-    atomic_write(path, _save_bytes(arrays, metadata=metadata))
+    return _save_bytes(arrays, metadata=metadata)
 
 
 def atomic_write(path: str | os.PathLike, data: bytes) -> None:

@@ -155,18 +155,24 @@ def save_dictionary(
 ) -> None:
     """Write the portable checkpoint (safetensors, SAELens names, the config as JSON
     in its metadata) atomically."""
+    atomic_write(path, dictionary_bytes(state_dict, config, os.fspath(path)))
+
+
+def dictionary_bytes(state_dict: StateDict, config: DictConfig, source: str) -> bytes:
+    """The checkpoint file's bytes, after checking every tensor against ``config``
+    (errors name ``source``)."""
     from safetensors.numpy import save
 
     # np.array, not np.ascontiguousarray: the latter makes a 0-d threshold 1-d
     arrays = {k: np.array(v, order="C") for k, v in state_dict.items()}
-    check_state_dict(arrays, config, os.fspath(path))
+    check_state_dict(arrays, config, source)
     metadata = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "kind": "dictionary",
         "config": config.to_json(),
     }
-    atomic_write(path, save(arrays, metadata=metadata))
+    return save(arrays, metadata=metadata)
 
 
 def load_dictionary(path: str | os.PathLike) -> tuple[StateDict, DictConfig]:

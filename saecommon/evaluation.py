@@ -40,7 +40,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from saecommon import rundir
+from saecommon import foreign, rundir
 from saecommon.architectures import check_input_shape
 from saecommon.checkpoint import CheckpointError, read_checkpoint
 from saecommon.config import ConfigError, SAEConfig
@@ -97,8 +97,15 @@ class Source:
     """The run's metrics.jsonl rows (for the loss curves), if there is one."""
 
 
-def load_source(path: str | os.PathLike, overrides: Mapping[str, Any] | None = None):
-    """A :class:`Source` from a run directory or a checkpoint file.
+def load_source(
+    path: str | os.PathLike,
+    overrides: Mapping[str, Any] | None = None,
+    source_options: Mapping[str, Any] | None = None,
+):
+    """A :class:`Source` from a run directory or a checkpoint file, or a model in
+    another library's format (saecommon.foreign: detected, or named by
+    ``source_options`` = {"format", "fields", "hookpoint"}, the arguments of
+    ``foreign.read``), which evaluates as a bare checkpoint.
 
     A run directory (or a ``model.safetensors`` inside one) brings its config.json, so
     the data is prepared as the run prepared it (dataset, normalize, val_fraction,
@@ -106,12 +113,19 @@ def load_source(path: str | os.PathLike, overrides: Mapping[str, Any] | None = N
     ``overrides`` replace the ``EVAL_FIELDS`` of that TrainConfig (e.g.
     ``{"dataset": "tfds:fashion_mnist", "normalize": True}``)."""
     path = os.fspath(path)
+    model = _foreign_model(path, source_options)
+    if model is not None:
+        run = RunConfig(model.config, TrainConfig())
+        return _with_overrides(
+            Source(model.state_dict, run, os.path.abspath(path)), overrides
+        )
     if os.path.isdir(path):
         checkpoint = os.path.join(path, rundir.MODEL)
         if not os.path.isfile(checkpoint):
             raise CheckpointError(
                 f"{path} has no {rundir.MODEL}: pass a run directory written by "
-                "scripts/train.py, or a checkpoint file"
+                "scripts/train.py, a checkpoint file, or a model in another format "
+                "(scripts/convert.py lists them)"
             )
     elif os.path.isfile(path):
         checkpoint = path
@@ -140,15 +154,48 @@ def load_source(path: str | os.PathLike, overrides: Mapping[str, Any] | None = N
                 "(with --dataset/--normalize flags)"
             )
         history = rundir.read_history(folder)
-    if overrides:
-        unknown = sorted(set(overrides) - set(EVAL_FIELDS))
-        if unknown:
-            raise ConfigError(
-                f"cannot override {', '.join(unknown)} for an evaluation; only "
-                + ", ".join(EVAL_FIELDS)
-            )
-        run = RunConfig(run.model, dataclasses.replace(run.train, **overrides))
-    return Source(state_dict, run, os.path.abspath(checkpoint), history)
+    return _with_overrides(
+        Source(state_dict, run, os.path.abspath(checkpoint), history), overrides
+    )
+
+
+def _with_overrides(source: Source, overrides: Mapping[str, Any] | None) -> Source:
+    if not overrides:
+        return source
+    unknown = sorted(set(overrides) - set(EVAL_FIELDS))
+    if unknown:
+        raise ConfigError(
+            f"cannot override {', '.join(unknown)} for an evaluation; only "
+            + ", ".join(EVAL_FIELDS)
+        )
+    run = RunConfig(
+        source.run.model, dataclasses.replace(source.run.train, **overrides)
+    )
+    return dataclasses.replace(source, run=run)
+
+
+def _foreign_model(path: str, options: Mapping[str, Any] | None):
+    """The classic autoencoder at ``path`` if it is in another library's format (or
+    ``options`` name one), else None (this project's checkpoint, or nothing there)."""
+    if options is None:
+        if not os.path.exists(path):
+            return None
+        try:
+            format, _ = foreign.detect(path)
+        except foreign.ForeignError:
+            if os.path.isdir(path) or path.endswith(".safetensors"):
+                return None  # load_source's own message for a run folder or checkpoint
+            raise  # says what the file is
+        if format == "sae" or (format == "torch" and path.endswith(".safetensors")):
+            return None  # ours, or a damaged one of ours: read_checkpoint says which
+    model = foreign.read(path, **dict(options or {}))
+    if model.kind != "classic":
+        raise CheckpointError(
+            f"{path} is a dictionary SAE ({model.config.activation}); evaluate it on "
+            "activations: scripts/evaluate_sae.py --model PATH --cache DIR "
+            "(or scripts/evaluate.py PATH --cache DIR)"
+        )
+    return model
 
 
 def check_inputs(x: Any, config: SAEConfig) -> np.ndarray:
@@ -303,15 +350,16 @@ def evaluate_source(
     noise_seed: int = NOISE_SEED,
     batch_size: int | None = None,
     progress: bool = True,
+    source_options: Mapping[str, Any] | None = None,
 ) -> tuple[Evaluation, Source, str]:
     """The body of both packages' ``evaluate_checkpoint``: load ``path``
-    (:func:`load_source`, with ``overrides``), prepare its run's data, call
+    (:func:`load_source`, with ``overrides`` and ``source_options``), prepare its run's data, call
     ``evaluate(state_dict, config, data, probe=, noise=, batch_size=, progress=)``
     with the run's noise (seeded ``noise_seed``) if it is a denoising run and
     ``batch_size`` or the run's eval_batch_size, and write the report to ``out_dir``
     (default: eval-<framework> beside the checkpoint). Returns (evaluation, source,
     out_dir)."""
-    source = load_source(path, overrides)
+    source = load_source(path, overrides, source_options)
     data = prepare_data(source.run)
     result = evaluate(
         source.state_dict,

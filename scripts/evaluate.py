@@ -7,13 +7,22 @@ python scripts/evaluate.py runs/mnist-topk-jax --framework torch --out /tmp/eval
 python scripts/evaluate.py model.safetensors --dataset ./fashion --normalize true
 python scripts/evaluate.py runs/mnist-denoise-jax --noise gaussian --noise-std 0.3
 python scripts/evaluate.py runs/mnist-topk-jax --no-probe
+python scripts/evaluate.py seed_ae.pt --preset fashion-l1-deep
+python scripts/evaluate.py gemma-scope/params.npz --cache cache/minilm-l3
+
+The model may be in any format scripts/convert.py reads (a bare state dict needs its
+config: --preset, --config or --set). A dictionary SAE is evaluated on activations, as
+scripts/evaluate_sae.py does (--cache).
 """
 
 import argparse
+import importlib.util
+import os
 import sys
 
-from saecommon import frameworks
+from saecommon import foreign, frameworks
 from saecommon.config import ConfigError
+from saecommon.convert_cli import add_source_flags, source_fields
 from saecommon.data import DataError
 from saecommon.evaluation import EVAL_FIELDS
 from saecommon.noise import NOISE_SEED
@@ -46,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "path",
-        help="a run directory (model.safetensors + config.json) or a checkpoint file",
+        help="a run directory (model.safetensors + config.json), a checkpoint file, "
+        "or a model in another format (see scripts/convert.py)",
     )
     parser.add_argument(
         "--framework", choices=frameworks.FRAMEWORKS, default="jax", help="default: jax"
@@ -97,7 +107,42 @@ def build_parser() -> argparse.ArgumentParser:
     )
     group.add_argument("--noise-std", type=float, help="Gaussian noise std")
     group.add_argument("--mask-fraction", type=float, help="masking noise fraction")
+    parser.add_argument(
+        "--cache", help="dictionary SAEs: the activation cache to evaluate on"
+    )
+    parser.add_argument(
+        "--eval-tokens",
+        type=_positive_int,
+        help="dictionary SAEs: the cache's last tokens to evaluate on (default 4096)",
+    )
+    add_source_flags(parser)
     return parser
+
+
+def evaluate_dictionary(args) -> int:
+    """A dictionary SAE goes to scripts/evaluate_sae.py, with the flags it shares."""
+    spec = importlib.util.spec_from_file_location(
+        "evaluate_sae", os.path.join(os.path.dirname(__file__), "evaluate_sae.py")
+    )
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    argv = ["--model", args.path, "--framework", args.framework]
+    for flag, value in (
+        ("--cache", args.cache),
+        ("--eval-tokens", args.eval_tokens and str(args.eval_tokens)),
+        ("--device", args.device),
+        ("--from", args.source_format),
+        ("--hookpoint", args.hookpoint),
+        ("--config", args.config_file),
+        ("--preset", args.preset),
+    ):
+        if value is not None:
+            argv += [flag, value]
+    for item in args.set_fields:
+        argv += ["--set", item]
+    if args.batch_size is not None:
+        argv += ["--batch-size", str(args.batch_size)]
+    return script.main(argv)
 
 
 def main(argv=None) -> int:
@@ -105,6 +150,19 @@ def main(argv=None) -> int:
     given = {k: getattr(args, k) for k in EVAL_FIELDS}  # each a flag of the same name
     overrides = {k: v for k, v in given.items() if v is not None}
     try:
+        options = {
+            "format": args.source_format,
+            "fields": source_fields(args),
+            "hookpoint": args.hookpoint,
+        }
+        if (
+            os.path.exists(args.path)
+            and foreign.read(args.path, **options).kind == "dictionary"
+        ):
+            return evaluate_dictionary(args)
+        foreign_source = options["format"] not in (None, "sae") or any(
+            options[k] for k in ("fields", "hookpoint")
+        )
         fw = frameworks.load(args.framework, args.device)
         result, source, out_dir = fw.evaluate_checkpoint(
             args.path,
@@ -114,6 +172,7 @@ def main(argv=None) -> int:
             noise_seed=args.noise_seed,
             batch_size=args.batch_size,
             progress=not args.quiet,
+            source_options=options if foreign_source else None,
         )
     except (ConfigError, DataError, ValueError) as err:  # CheckpointError included
         print(f"error: {err}", file=sys.stderr)

@@ -24,15 +24,22 @@ from saecommon import frameworks  # noqa: E402
 from saecommon.activations import ActivationCache, ActivationCacheError  # noqa: E402
 from saecommon.checkpoint import CheckpointError, atomic_write  # noqa: E402
 from saecommon.config import ConfigError  # noqa: E402
+from saecommon.convert_cli import add_source_flags, source_fields  # noqa: E402
 from saecommon.dict_run import evaluate_batches, read_run  # noqa: E402
-from saecommon.dictionary import load_dictionary  # noqa: E402
+from saecommon.foreign import read as read_model  # noqa: E402
 from saecommon.frameworks import FRAMEWORKS  # noqa: E402
 from saecommon.rundir import CONFIG, MODEL  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help="a run folder or a checkpoint")
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="a run folder or a checkpoint, or an SAE in another library's format "
+        "(SAELens, sparsify, dictionary_learning, Gemma Scope, torch, flax: see "
+        "scripts/convert.py)",
+    )
     parser.add_argument("--cache", help="the activation cache (default: the run's)")
     parser.add_argument(
         "--eval-tokens",
@@ -55,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the text source the splice texts come from (its last N)",
     )
     parser.add_argument("--json", help="also write the metrics here (a new file)")
+    add_source_flags(parser)
     return parser
 
 
@@ -83,11 +91,20 @@ def main(argv=None) -> int:
 def evaluate(args) -> dict:
     run = None
     path = args.model
-    if os.path.isdir(path):
-        if os.path.isfile(os.path.join(path, CONFIG)):
-            run = read_run(path)
+    if os.path.isfile(os.path.join(path, CONFIG)) and os.path.isfile(
+        os.path.join(path, MODEL)
+    ):
+        run = read_run(path)
         path = os.path.join(path, MODEL)
-    state_dict, config = load_dictionary(path)
+    model = read_model(
+        path, args.source_format, fields=source_fields(args), hookpoint=args.hookpoint
+    )
+    if model.kind != "dictionary":
+        raise ConfigError(
+            f"{args.model} is a classic {model.config.architecture} autoencoder: "
+            "evaluate it with scripts/evaluate.py"
+        )
+    state_dict, config = model.state_dict, model.config
     cache_dir = args.cache or (run.cache if run else None)
     if cache_dir is None:
         raise ConfigError("--cache is needed (the checkpoint names no run's cache)")

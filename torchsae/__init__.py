@@ -9,6 +9,7 @@ from torchsae.checkpoint import (
     to_state_dict,
     untie,
 )
+from torchsae.convert import load_foreign, save_foreign
 from torchsae.evaluation import encode, evaluate_checkpoint, evaluate_model
 from torchsae.losses import bce_loss, loss_terms, mse_loss, reconstruction_loss
 from torchsae.models import (
@@ -47,6 +48,8 @@ __all__ = [
     "lifetime_topk",
     "lifetime_topk_mask",
     "load_checkpoint",
+    "load_foreign",
+    "save_foreign",
     "loss_terms",
     "mse_loss",
     "reconstruction_loss",

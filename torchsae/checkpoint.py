@@ -31,7 +31,7 @@ def from_state_dict(state_dict: StateDict, config) -> Autoencoder:
     """A new Autoencoder holding ``state_dict``, after checking every key and shape;
     its dtype is the checkpoint's."""
     check_state_dict(state_dict, config)
-    dtype = torch.from_numpy(np.asarray(next(iter(state_dict.values())))).dtype
+    dtype = torch.from_numpy(np.array(next(iter(state_dict.values())))).dtype
     model = Autoencoder(config).to(dtype)
     model.load_state_dict(
         {k: torch.from_numpy(np.array(v)) for k, v in state_dict.items()}

@@ -88,12 +88,15 @@ def evaluate_checkpoint(
     noise_seed: int = NOISE_SEED,
     batch_size: int | None = None,
     progress: bool = True,
+    source_options: Mapping[str, Any] | None = None,
     device: str = "cpu",
 ) -> tuple[Evaluation, Source, str]:
     """Evaluate a run directory or checkpoint file on its run's data (with its run's
     noise if it is a denoising run) and write metrics.json and the pictures to
     ``out_dir`` (default: eval-torch beside the checkpoint); ``overrides`` replace
-    evaluation fields of the run's TrainConfig (dataset, normalize, noise, ...). See
+    evaluation fields of the run's TrainConfig (dataset, normalize, noise, ...);
+    ``path`` may be a model in another library's format (``source_options``: format,
+    fields, hookpoint of saecommon.foreign.read). See
     saecommon.evaluation.evaluate_source. Returns (evaluation, source, out_dir)."""
 
     def evaluate(state_dict, config, data, **options):
@@ -111,4 +114,5 @@ def evaluate_checkpoint(
         noise_seed=noise_seed,
         batch_size=batch_size,
         progress=progress,
+        source_options=source_options,
     )
