@@ -23,6 +23,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 import evaluate_sae  # noqa: E402
 import train_sae  # noqa: E402
 from test_dict_run import make_cache  # noqa: E402
+from test_evaluation import write_idx_dataset  # noqa: E402
 
 CLASSIC = SAEConfig(
     input_dim=784,
@@ -71,9 +72,17 @@ def test_evaluate_reads_a_torch_state_dict_as_its_checkpoint(tmp_path, capsys):
     ours = tmp_path / "ours.safetensors"
     foreign.write(model, ours)
     script = evaluate_script()
+    data = write_idx_dataset(tmp_path / "data", shape=(28, 28))  # 60 test images
     for framework in ("jax", "torch"):
         a, b = tmp_path / f"a-{framework}", tmp_path / f"b-{framework}"
-        argv = ["--no-probe", "--quiet", "--framework", framework]
+        argv = [
+            "--no-probe",
+            "--quiet",
+            "--framework",
+            framework,
+            "--dataset",
+            str(data),
+        ]
         assert script.main([str(path), "--out", str(a), *argv, *FIELDS]) == 0
         assert script.main([str(ours), "--out", str(b), *argv]) == 0
         got = json.loads((a / "metrics.json").read_text())
@@ -158,3 +167,32 @@ def test_an_orbax_checkpoint_folder_reads(tmp_path):
         model.state_dict["encoder.0.weight"], params["encoder_0"]["kernel"].T
     )
     np.testing.assert_array_equal(model.state_dict["decoder.0.bias"], np.ones(784))
+
+
+def test_an_orbax_folder_is_written_when_dst_has_no_suffix(tmp_path, capsys):
+    pytest.importorskip("orbax.checkpoint", reason="orbax-checkpoint missing")
+    import convert
+
+    torch.manual_seed(1)
+    src = tmp_path / "seed_ae.pt"
+    torch.save(SeedAE().state_dict(), src)
+    ours = tmp_path / "ours.safetensors"
+    assert convert.main([str(src), str(ours), *FIELDS]) == 0
+    orbax = tmp_path / "orbax-ckpt"
+    assert convert.main([str(ours), str(orbax), "--to", "flax"]) == 0
+    printed = capsys.readouterr().out
+    assert "orbax checkpoint folder" in printed and "weights within 0.0e+00" in printed
+    back = tmp_path / "back.safetensors"
+    assert convert.main([str(orbax), str(back), *FIELDS]) == 0  # detected: flax
+    a, b = foreign.read(ours), foreign.read(back)
+    assert a.config == b.config
+    for name in a.state_dict:
+        np.testing.assert_array_equal(a.state_dict[name], b.state_dict[name])
+    # an existing folder is kept unless --overwrite
+    capsys.readouterr()
+    listing = sorted(os.listdir(orbax))
+    assert convert.main([str(ours), str(orbax), "--to", "flax"]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert sorted(os.listdir(orbax)) == listing
+    assert convert.main([str(ours), str(orbax), "--to", "flax", "--overwrite"]) == 0
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".tmp-")]

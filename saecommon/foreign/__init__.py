@@ -178,7 +178,8 @@ def write(
     overwrite: bool = False,
 ) -> tuple[list[str], list[str]]:
     """Write ``model`` as ``format`` at ``path`` (a folder for saelens, sparsify and
-    dictionary_learning, else a file): (files written, what changed on the way). An
+    dictionary_learning, and for flax a path without a suffix: an orbax checkpoint;
+    else a file): (files written, what changed on the way). An
     existing file is never replaced unless ``overwrite``; nothing is written when the
     format cannot hold the model."""
     path = os.fspath(path)
@@ -191,6 +192,8 @@ def write(
             f"{format} holds dictionary SAEs; this is a classic {model.config.architecture} "
             "autoencoder: write it as sae, torch or flax"
         )
+    if format == "flax" and not os.path.splitext(path)[1]:
+        return state_dicts.write_orbax(model, path, overwrite)
     if format == "torch":
         writer = (
             state_dicts.write_torch_safetensors

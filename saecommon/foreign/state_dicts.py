@@ -361,15 +361,57 @@ def read_flax(path: str, given: dict, hookpoint: str | None = None) -> Model:
     return _flax_model(tree, given, path, [])
 
 
-def write_flax(model: Model) -> tuple[dict[str, bytes], list[str]]:
-    from flax import serialization
-
+def flax_tree(model: Model) -> tuple[dict, list[str]]:
+    """The tree a Flax user restores: a dictionary SAE's arrays by name, or a classic
+    autoencoder's {"params": {"encoder_0": {"kernel", "bias"}, ...}} (jaxsae's)."""
     model = _bare(model)
     if model.kind == "dictionary":
         tree = {k: np.array(v, order="C") for k, v in model.state_dict.items()}
     else:
         tree = {"params": to_flax_layout(model.state_dict)}
-    return {"": serialization.msgpack_serialize(tree)}, list(model.notes)
+    return tree, list(model.notes)
+
+
+def write_flax(model: Model) -> tuple[dict[str, bytes], list[str]]:
+    from flax import serialization
+
+    tree, notes = flax_tree(model)
+    return {"": serialization.msgpack_serialize(tree)}, notes
+
+
+def write_orbax(
+    model: Model, path: str, overwrite: bool
+) -> tuple[list[str], list[str]]:
+    """The Flax tree as an orbax checkpoint folder at ``path``, saved beside it first
+    and moved into place (an existing folder is replaced only with ``overwrite``)."""
+    import shutil
+    import tempfile
+
+    try:
+        import orbax.checkpoint as ocp
+    except ImportError:
+        raise ForeignError(
+            "writing an orbax checkpoint folder needs orbax-checkpoint; give DST a "
+            "file name (.msgpack) for flax.serialization's format instead"
+        ) from None
+    path = os.path.abspath(path)
+    if os.path.exists(path) and not overwrite:
+        raise ForeignError(
+            f"{path} already exists; choose another destination, or overwrite it "
+            "(--overwrite)"
+        )
+    tree, notes = flax_tree(model)
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".tmp-orbax-", dir=parent)
+    try:
+        ocp.PyTreeCheckpointer().save(os.path.join(staging, "ckpt"), tree)
+        if os.path.exists(path):
+            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+        os.replace(os.path.join(staging, "ckpt"), path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return [path], notes + ["written as an orbax checkpoint folder (DST has no suffix)"]
 
 
 def looks_like_orbax(path: str) -> bool:
