@@ -713,16 +713,7 @@ def _classic_to_saelens(tmp):
 def _user_state_dict(tmp, state_dict=None):
     path = tmp / "user.pt"
     if state_dict is None:
-        module = nn.Sequential(
-            nn.Linear(784, 128),
-            nn.ReLU(),
-            nn.Linear(128, 32),
-            nn.ReLU(),
-            nn.Linear(32, 128),
-            nn.ReLU(),
-            nn.Linear(128, 784),
-        )
-        state_dict = module.state_dict()
+        state_dict = flat_sequential().state_dict()
     torch.save(state_dict, path)
     return path
 
