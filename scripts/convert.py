@@ -32,8 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("src", help="the model: a file or a folder")
     parser.add_argument(
         "dst",
-        help="where to write it: a file, or a folder for "
-        "saelens, sparsify and dictionary_learning",
+        help="where to write it: a file, or a folder for saelens, sparsify and "
+        "dictionary_learning (and for flax a path without a suffix: an orbax "
+        "checkpoint folder)",
     )
     parser.add_argument(
         "--to",
