@@ -9,11 +9,12 @@ from __future__ import annotations
 import sys
 import time
 from functools import partial
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxsae.dictionary import (
     Coefficients,
@@ -24,9 +25,10 @@ from jaxsae.dictionary import (
     params_from_state_dict,
     to_state_dict,
 )
+from jaxsae.sparsity import top_k_unfenced
 from jaxsae.training import _restore_state, _state_arrays
 from saecommon import dict_run
-from saecommon.dictionary import array_batch, array_start
+from saecommon.dictionary import array_batch, array_start, init_state_dict
 from saecommon.dictionary_config import DictConfig, DictTrainConfig
 from saecommon.schedules import coefficients
 
@@ -72,8 +74,6 @@ def train_state_arrays(state: DictState) -> dict[str, np.ndarray]:
 
 
 def restore_train_state(arrays, config: DictConfig, train: DictTrainConfig):
-    from saecommon.dictionary import init_state_dict
-
     template = init_state(
         init_state_dict(config, train.replace(b_dec_init="zeros")), config, train
     )
@@ -92,15 +92,143 @@ def forward_numpy(state_dict, config: DictConfig, x: np.ndarray):
     return np.asarray(z), np.asarray(x_hat)
 
 
-def backend() -> ModuleType:
+def backend(mesh: tuple[int, int] | None = None) -> ModuleType | SimpleNamespace:
     """What saecommon/dict_run.py's loop calls: this module (JAX places arrays on its
-    default device; saecommon.frameworks sets it)."""
-    return sys.modules[__name__]
+    default device; saecommon.frameworks sets it), or with ``mesh`` = (data, model)
+    its functions over a ``Mesh`` of data * model local devices (``mesh_backend``)."""
+    here = sys.modules[__name__]
+    return here if mesh is None else mesh_backend(mesh)
 
 
-def train(run: dict_run.DictRun, out_dir: str, **options) -> dict:
-    """Train ``run`` into ``out_dir`` (saecommon.dict_run.train_dictionary)."""
-    return dict_run.train_dictionary(backend(), run, out_dir, **options)
+# ------------------------------------------------------------------- several devices
+#
+# Sharding annotations, not shard_map: the batch is split over the mesh's "data" axis
+# and the latents (W_enc's columns, b_enc, W_dec's rows, a per-latent threshold, the
+# dead-latent counters and their Adam moments) over its "model" axis; everything else
+# is replicated. jax.jit compiles the one train step for those layouts (GSPMD), so the
+# step computes the same global function as on one device: BatchTopK selects over the
+# global batch, TopK over all latents, and the decoder's partial sums are reduced
+# across latent shards by the compiler. Results differ from one device only by the
+# order of float32 reductions.
+
+MESH_AXES = ("data", "model")
+_LATENT_AXIS = {"W_enc": 1, "b_enc": 0, "W_dec": 0, "threshold": 0, "log_threshold": 0}
+
+
+def make_mesh(shape: tuple[int, int]) -> Mesh:
+    """A (data, model) ``Mesh`` over the first data * model local devices."""
+    data, model = shape
+    devices = jax.devices()
+    if data < 1 or model < 1 or data * model > len(devices):
+        raise ValueError(
+            f"a {data}x{model} mesh needs {data * model} devices; JAX sees "
+            f"{len(devices)} ({devices[0].platform})"
+        )
+    grid = np.asarray(devices[: data * model]).reshape(data, model)
+    return Mesh(grid, MESH_AXES)
+
+
+def _partition(path, leaf) -> PartitionSpec:
+    """A state leaf's layout: latent-indexed arrays split on "model", the rest
+    replicated (found by the parameter's name in the leaf's path)."""
+    names = [getattr(key, "key", getattr(key, "name", None)) for key in path]
+    if np.ndim(leaf) == 0:
+        return PartitionSpec()
+    if "since_fired" in names:
+        return PartitionSpec("model")
+    for name in reversed(names):
+        if name in _LATENT_AXIS:
+            spec = [None] * np.ndim(leaf)
+            spec[_LATENT_AXIS[name]] = "model"
+            return PartitionSpec(*spec)
+    return PartitionSpec()
+
+
+def state_sharding(state: DictState, mesh: Mesh):
+    """The NamedSharding of every leaf of ``state`` on ``mesh``."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, leaf: NamedSharding(mesh, _partition(path, leaf)), state
+    )
+
+
+def mesh_backend(shape: tuple[int, int]) -> SimpleNamespace:
+    """This module's backend over a (data, model) mesh: batches sharded on "data",
+    the state placed by ``state_sharding`` and kept there by the step's
+    out_shardings. The batch must divide by the data axis (``check_batch``)."""
+    here = sys.modules[__name__]
+    mesh = make_mesh(shape)
+    batch = NamedSharding(mesh, PartitionSpec("data", None))
+    replicated = NamedSharding(mesh, PartitionSpec())
+
+    def check_batch(size: int) -> None:
+        if size % shape[0]:
+            raise ValueError(
+                f"batch_size {size} does not divide by the {shape[0]} devices of the "
+                "mesh's data axis"
+            )
+
+    def put(x: np.ndarray) -> jax.Array:
+        check_batch(x.shape[0])
+        return jax.device_put(x, batch)
+
+    def placed(state: DictState) -> DictState:
+        return jax.device_put(state, state_sharding(state, mesh))
+
+    def sharded_step(config: DictConfig, train: DictTrainConfig):
+        check_batch(train.batch_size)
+        step = make_train_step(config, train)
+        template = jax.eval_shape(
+            lambda: init_state(
+                init_state_dict(config, train.replace(b_dec_init="zeros")),
+                config,
+                train,
+            )
+        )
+        jitted = jax.jit(
+            step.__wrapped__,
+            donate_argnums=0,
+            out_shardings=(state_sharding(template, mesh), replicated),
+        )
+
+        def step_on_the_mesh(state, x, coefficients):
+            with top_k_unfenced():  # traced (on the first call) without the barrier
+                return jitted(state, x, coefficients)
+
+        return step_on_the_mesh
+
+    same = (
+        "FRAMEWORK",
+        "Coefficients",
+        "host_metrics",
+        "step_count",
+        "dead_fraction",
+        "state_dict",
+        "train_state_arrays",
+        "forward_numpy",
+    )
+    return SimpleNamespace(
+        **{name: getattr(here, name) for name in same},
+        mesh=mesh,
+        check_batch=check_batch,
+        put=put,
+        init_state=lambda *a: placed(init_state(*a)),
+        restore_train_state=lambda *a: placed(restore_train_state(*a)),
+        make_train_step=sharded_step,
+    )
+
+
+def train(
+    run: dict_run.DictRun,
+    out_dir: str,
+    mesh: tuple[int, int] | None = None,
+    **options,
+) -> dict:
+    """Train ``run`` into ``out_dir`` (saecommon.dict_run.train_dictionary); with
+    ``mesh`` = (data, model), on that many local devices (``mesh_backend``)."""
+    chosen = backend(mesh)
+    if mesh is not None:
+        chosen.check_batch(run.train.batch_size)
+    return dict_run.train_dictionary(chosen, run, out_dir, **options)
 
 
 def train_array(

@@ -13,17 +13,38 @@ through the kept entries only. ``topk`` and ``lifetime_topk`` are mask-then-appl
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+
 import jax
 import jax.numpy as jnp
 
 from saecommon.config import SAEConfig, check_topk, lifetime_count, resolve_lifetime_k
 
+_TOP_K_BARRIER = contextvars.ContextVar("top_k_barrier", default=True)
+
 
 def top_k(x: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
     """``jax.lax.top_k`` (values, indices) of each row, behind an optimisation
     barrier: fused with its consumer, XLA turns the top-k into a full sort of each row
-    on the CPU (0.06 s -> 2.2 s on [4096, 3072], k=32); alone it keeps its kernel."""
-    return jax.lax.optimization_barrier(jax.lax.top_k(x, k))
+    on the CPU (0.06 s -> 2.2 s on [4096, 3072], k=32); alone it keeps its kernel.
+    Traced inside ``top_k_unfenced()`` it has no barrier."""
+    values_indices = jax.lax.top_k(x, k)
+    if _TOP_K_BARRIER.get():
+        return jax.lax.optimization_barrier(values_indices)
+    return values_indices
+
+
+@contextlib.contextmanager
+def top_k_unfenced():
+    """Trace ``top_k`` without its barrier: XLA's SPMD partitioner cannot partition
+    an optimisation barrier whose operand is sharded (jax 0.10 on the CPU: a failed
+    check aborts the process), so a step on a mesh is traced in here."""
+    token = _TOP_K_BARRIER.set(False)
+    try:
+        yield
+    finally:
+        _TOP_K_BARRIER.reset(token)
 
 
 def _first_k_mask(x: jax.Array, k: int) -> jax.Array:

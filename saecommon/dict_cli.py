@@ -49,6 +49,22 @@ HIDDEN = ("input_scale",)
 """Fields measured by the run, not set by flags."""
 
 
+def mesh_shape(text: str) -> tuple[int, int]:
+    """ "4x2" -> (4, 2); "4" -> (4, 1)."""
+    parts = text.lower().split("x")
+    try:
+        shape = tuple(int(p) for p in parts)
+    except ValueError:
+        shape = ()
+    if len(shape) == 1:
+        shape = (shape[0], 1)
+    if len(shape) != 2 or min(shape) < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected DATAxMODEL with positive numbers (4x1, 2x2), got {text!r}"
+        )
+    return shape
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="train_sae.py",
@@ -62,6 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--device", help="cpu, cuda, cuda:N (default: the best there is)"
+    )
+    parser.add_argument(
+        "--mesh",
+        type=mesh_shape,
+        metavar="DATAxMODEL",
+        help="jax: train on DATA*MODEL local devices, the batch split DATA ways and "
+        "the latents MODEL ways (4x1: data parallel; 1x4: latents sharded; 2x2)",
     )
     parser.add_argument(
         "--resume",

@@ -33,6 +33,14 @@ def main(argv=None) -> int:
             d_in = ActivationCache(args.cache).d_in
         run = run_from_args(args, d_in)
         name = args.framework or (run_framework(args.out) if args.resume else None)
+        options = {}
+        if args.mesh is not None:
+            if (name or "jax") != "jax" or args.device:
+                raise ConfigError(
+                    "--mesh is for jax on its local devices (without --device); a "
+                    "torch run trains on one device"
+                )
+            options["mesh"] = args.mesh
         fw = frameworks.load(name or "jax", args.device)
         summary = fw.train_dictionary(
             run,
@@ -40,6 +48,7 @@ def main(argv=None) -> int:
             resume=args.resume,
             overwrite=args.overwrite,
             progress=not args.quiet,
+            **options,
         )
     except (
         ConfigError,
