@@ -28,7 +28,7 @@ from jaxsae.dictionary import (
 from jaxsae.sparsity import top_k_unfenced
 from jaxsae.training import _restore_state, _state_arrays
 from saecommon import dict_run
-from saecommon.dictionary import array_batch, array_start, init_state_dict
+from saecommon.dictionary import array_batch, array_start
 from saecommon.dictionary_config import DictConfig, DictTrainConfig
 from saecommon.schedules import coefficients
 
@@ -74,6 +74,8 @@ def train_state_arrays(state: DictState) -> dict[str, np.ndarray]:
 
 
 def restore_train_state(arrays, config: DictConfig, train: DictTrainConfig):
+    from saecommon.dictionary import init_state_dict
+
     template = init_state(
         init_state_dict(config, train.replace(b_dec_init="zeros")), config, train
     )
@@ -177,22 +179,16 @@ def mesh_backend(shape: tuple[int, int]) -> SimpleNamespace:
     def sharded_step(config: DictConfig, train: DictTrainConfig):
         check_batch(train.batch_size)
         step = make_train_step(config, train)
-        template = jax.eval_shape(
-            lambda: init_state(
-                init_state_dict(config, train.replace(b_dec_init="zeros")),
-                config,
-                train,
-            )
-        )
-        jitted = jax.jit(
-            step.__wrapped__,
-            donate_argnums=0,
-            out_shardings=(state_sharding(template, mesh), replicated),
-        )
+        jitted = {}  # built on the first call, from the state's own structure
 
         def step_on_the_mesh(state, x, coefficients):
+            if not jitted:
+                layout = (state_sharding(state, mesh), replicated)
+                jitted["step"] = jax.jit(
+                    step.__wrapped__, donate_argnums=0, out_shardings=layout
+                )
             with top_k_unfenced():  # traced (on the first call) without the barrier
-                return jitted(state, x, coefficients)
+                return jitted["step"](state, x, coefficients)
 
         return step_on_the_mesh
 
