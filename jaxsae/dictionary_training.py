@@ -235,19 +235,22 @@ def train_array(
     steps: int,
     warmup_steps_untimed: int = 1,
     state_dict_init: dict | None = None,
+    mesh: tuple[int, int] | None = None,
 ) -> tuple[dict[str, np.ndarray], float]:
     """Train on ``data`` [tokens, d_in] (batches in a seeded numpy order, wrapping
-    around) for ``steps`` steps; returns (state dict, seconds of the timed steps: all
-    but the first ``warmup_steps_untimed``, which include compilation)."""
+    around) for ``steps`` steps, on one device or a (data, model) ``mesh``; returns
+    (state dict, seconds of the timed steps: all but the first
+    ``warmup_steps_untimed``, which include compilation)."""
+    chosen = backend(mesh)
     order, sd = array_start(config, train, data, state_dict_init)
-    state = init_state(sd, config, train)
-    step_fn = make_train_step(config, train)
+    state = chosen.init_state(sd, config, train)
+    step_fn = chosen.make_train_step(config, train)
     start = None
     for s in range(steps):
         if s == warmup_steps_untimed:
             jax.block_until_ready(state)
             start = time.perf_counter()
-        x = jnp.asarray(array_batch(data, order, s, train.batch_size))
+        x = chosen.put(array_batch(data, order, s, train.batch_size))
         state, _ = step_fn(state, x, Coefficients(*coefficients(config, train, s)))
     jax.block_until_ready(state)
     seconds = time.perf_counter() - start if start is not None else 0.0

@@ -3,6 +3,7 @@
     python scripts/bench.py                          # both models, CPU, full sizes
     python scripts/bench.py --model conv --steps 2   # quick: ~1-2 min on 2 CPU cores
     python scripts/bench.py --device cuda --json out.json
+    python scripts/bench.py --devices                # a dictionary SAE on 1, 2, 4 devices
 
 Models (``--model mlp|conv|both``):
 
@@ -417,7 +418,19 @@ def main():
         "GPU, auto (matmul) on the CPU",
     )
     parser.add_argument("--json", help="also write every row to this file")
+    parser.add_argument(
+        "--devices",
+        action="store_true",
+        help="instead: a jaxsae dictionary SAE on 1, 2 and 4 devices and each mesh "
+        "(scripts/bench_devices.py; --steps passes on)",
+    )
     args = parser.parse_args()
+    if args.devices:
+        import bench_devices
+
+        return bench_devices.main(
+            [] if args.steps is None else ["--steps", str(args.steps)]
+        )
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: torch sees no CUDA device")
     if args.device == "cpu" and "JAX_PLATFORMS" not in os.environ:
@@ -522,4 +535,4 @@ def row_json(r: Row, rows: list[Row], args) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

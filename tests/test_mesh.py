@@ -153,3 +153,31 @@ def test_a_run_stopped_on_one_mesh_resumes_on_another(tmp_path):
     assert result["codes"] == [0, 0, 0, 2]  # torch has no --mesh: one error
     assert result["steps"] == 12
     assert result["worst"] < 1e-5, result["worst"]
+
+
+def test_the_devices_benchmark_prints_a_row_per_mesh(capsys):
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    import bench_devices
+
+    tiny = [
+        "--steps",
+        "1",
+        "--d-in",
+        "16",
+        "--d-sae",
+        "64",
+        "--k",
+        "4",
+        "--batch",
+        "64",
+    ]
+    assert bench_devices.main(tiny) == 0
+    rows = [
+        json.loads(line)
+        for line in capsys.readouterr().out.splitlines()
+        if line.startswith("{")
+    ]
+    assert [(r["devices"], r["mesh"]) for r in rows] == [
+        (1, "-"), (1, "1x1"), (2, "2x1"), (2, "1x2"), (4, "4x1"), (4, "1x4"), (4, "2x2"),
+    ]  # fmt: skip
+    assert all(r["tokens_per_s"] > 0 for r in rows) and rows[0]["vs_one_device"] == 1
