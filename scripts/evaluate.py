@@ -119,8 +119,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+CLASSIC_ONLY = (
+    "out",
+    "noise",
+    "noise_std",
+    "mask_fraction",
+    "dataset",
+    "pixel_scale",
+    "normalize",
+    "val_fraction",
+)
+
+
 def evaluate_dictionary(args) -> int:
-    """A dictionary SAE goes to scripts/evaluate_sae.py, with the flags it shares."""
+    """A dictionary SAE goes to scripts/evaluate_sae.py, with the flags it shares;
+    the classic models' flags are refused, not ignored."""
+    given = [name for name in CLASSIC_ONLY if getattr(args, name) is not None]
+    given += [] if args.probe else ["no_probe"]
+    if given:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise ConfigError(
+            f"{args.path} is a dictionary SAE: {flags} apply to the classic "
+            "autoencoders (a dictionary SAE is evaluated on --cache, --eval-tokens)"
+        )
     spec = importlib.util.spec_from_file_location(
         "evaluate_sae", os.path.join(os.path.dirname(__file__), "evaluate_sae.py")
     )

@@ -146,6 +146,13 @@ def test_evaluate_hands_a_dictionary_to_evaluate_sae(dictionary_run, tmp_path, c
     )
     assert capsys.readouterr().out == via_evaluate
     assert via_evaluate.startswith("fvu ")
+    # the classic models' flags are refused for a dictionary SAE, not ignored
+    out = tmp_path / "eval"
+    argv = [str(dst), "--cache", cache, "--no-probe", "--out", str(out)]
+    assert script.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "is a dictionary SAE: --out, --no-probe apply to the classic" in err
+    assert not out.exists()
 
 
 def test_an_orbax_checkpoint_folder_reads(tmp_path):
