@@ -26,7 +26,7 @@ from jaxsae.dictionary import (
     to_state_dict,
 )
 from jaxsae.sparsity import top_k_unfenced
-from jaxsae.training import _restore_state, _state_arrays
+from jaxsae.training import _restore_state, _state_arrays, make_mesh
 from saecommon import dict_run
 from saecommon.dictionary import array_batch, array_start
 from saecommon.dictionary_config import DictConfig, DictTrainConfig
@@ -113,21 +113,7 @@ def backend(mesh: tuple[int, int] | None = None) -> ModuleType | SimpleNamespace
 # across latent shards by the compiler. Results differ from one device only by the
 # order of float32 reductions.
 
-MESH_AXES = ("data", "model")
 _LATENT_AXIS = {"W_enc": 1, "b_enc": 0, "W_dec": 0, "threshold": 0, "log_threshold": 0}
-
-
-def make_mesh(shape: tuple[int, int]) -> Mesh:
-    """A (data, model) ``Mesh`` over the first data * model local devices."""
-    data, model = shape
-    devices = jax.devices()
-    if data < 1 or model < 1 or data * model > len(devices):
-        raise ValueError(
-            f"a {data}x{model} mesh needs {data * model} devices; JAX sees "
-            f"{len(devices)} ({devices[0].platform})"
-        )
-    grid = np.asarray(devices[: data * model]).reshape(data, model)
-    return Mesh(grid, MESH_AXES)
 
 
 def _partition(path, leaf) -> PartitionSpec:

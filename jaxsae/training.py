@@ -9,6 +9,7 @@ dropped (static shapes); each epoch reshuffles, so every sample is seen over tim
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Collection, Mapping
 from functools import partial
@@ -18,11 +19,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxsae.checkpoint import from_state_dict, save_checkpoint, to_state_dict
 from jaxsae.evaluation import encode
 from jaxsae.losses import loss_terms
 from jaxsae.models import Autoencoder
+from jaxsae.sparsity import top_k_unfenced
 from saecommon import rundir
 from saecommon.checkpoint import CheckpointError, check_frozen
 from saecommon.config import SAEConfig
@@ -159,6 +162,7 @@ def make_train_epoch(
     batch_size: int,
     shuffle: bool = True,
     step_callbacks: bool = False,
+    batch_sharding: jax.sharding.Sharding | None = None,
 ) -> Callable:
     """``epoch(state, data [n, input], key, order=None, on_step=None) -> (state,
     per-step metrics [steps])``, jitted with the state donated: one shuffle (``order``
@@ -166,7 +170,9 @@ def make_train_epoch(
     ``n // batch_size`` minibatches gathered on the device, as one ``lax.scan`` (no
     host round trip per step). With ``step_callbacks`` the scan calls
     ``on_step(done, steps)`` on the host after each step (``jax.debug.callback``:
-    progress inside long epochs, at the cost of a host call per step)."""
+    progress inside long epochs, at the cost of a host call per step). With
+    ``batch_sharding`` each gathered minibatch is laid out so (split over a mesh's
+    "data" axis: ``mesh_train``)."""
     hook: dict[str, Callable | None] = {"on_step": None}
 
     def report(done, steps, _loss):
@@ -189,7 +195,10 @@ def make_train_epoch(
 
         def body(state, xs):
             batch, step_key, done = xs
-            state, metrics = train_step(state, data[batch], step_key)
+            x = data[batch]
+            if batch_sharding is not None:
+                x = jax.lax.with_sharding_constraint(x, batch_sharding)
+            state, metrics = train_step(state, x, step_key)
             if step_callbacks:  # the loss argument makes it wait for the step
                 jax.debug.callback(report, done, steps, metrics["loss"])
             return state, metrics
@@ -304,6 +313,49 @@ def _restore_state(
     return jax.tree_util.tree_unflatten(treedef, restored)
 
 
+MESH_AXES = ("data", "model")
+
+
+def make_mesh(shape: tuple[int, int]) -> Mesh:
+    """A (data, model) ``Mesh`` over the first data * model local devices."""
+    data, model = shape
+    devices = jax.devices()
+    if data < 1 or model < 1 or data * model > len(devices):
+        raise ValueError(
+            f"a {data}x{model} mesh needs {data * model} devices; JAX sees "
+            f"{len(devices)} ({devices[0].platform})"
+        )
+    grid = np.asarray(devices[: data * model]).reshape(data, model)
+    return Mesh(grid, MESH_AXES)
+
+
+def mesh_placement(mesh: tuple[int, int] | None, batch_size: int):
+    """(place, batch_sharding) for data-parallel training on a (devices, 1) mesh:
+    ``place`` replicates an array tree over the mesh, ``batch_sharding`` splits a
+    minibatch over its "data" axis; on one device (``mesh`` None) place is the
+    identity and there is no batch sharding. The top-k is traced without its CPU
+    barrier on a mesh (``top_k_unfenced``: XLA's partitioner cannot split one)."""
+    if mesh is None:
+        return (lambda tree: tree), None
+    if mesh[1] != 1:
+        raise ValueError(
+            f"a {mesh[0]}x{mesh[1]} mesh: the classic autoencoders train data "
+            "parallel only (DATAx1); latent sharding is for dictionary SAEs"
+        )
+    if batch_size % mesh[0]:
+        raise ValueError(
+            f"batch_size {batch_size} does not divide by the {mesh[0]} devices of the "
+            "mesh's data axis"
+        )
+    grid = make_mesh(mesh)
+    replicated = NamedSharding(grid, PartitionSpec())
+
+    def place(tree):
+        return jax.device_put(tree, replicated)
+
+    return place, NamedSharding(grid, PartitionSpec("data", None))
+
+
 def train(
     run: RunConfig,
     out_dir: str | os.PathLike,
@@ -314,6 +366,7 @@ def train(
     init: Mapping[str, np.ndarray] | None = None,
     frozen: Collection[str] = (),
     overwrite: bool = False,
+    mesh: tuple[int, int] | None = None,
 ) -> list[dict]:
     """Train ``run`` and write the run directory; returns the metrics history.
 
@@ -322,6 +375,9 @@ def train(
     portable state dict (``saecommon.checkpoint.initial_state_dict``), replaces the
     random initial weights: fine-tuning, e.g. untied after a tied run. ``frozen``
     layers ("encoder.0", ...) keep their initial weights (``make_optimizer``).
+    ``mesh`` = (devices, 1): data parallel over that many local devices (each
+    minibatch split over them, parameters and optimizer state replicated, the step
+    the same global function; see ``mesh_placement``).
 
     A folder that holds a run is refused unless ``overwrite`` or ``resume``
     (``saecommon.rundir.check_out_dir``); Ctrl-C raises ``TrainingInterrupted``
@@ -337,8 +393,9 @@ def train(
     # Step progress inside epochs where they are long; on GPUs a host call per step
     # would cost more than the progress is worth.
     step_callbacks = progress and jax.default_backend() == "cpu"
+    place, batch_sharding = mesh_placement(mesh, tcfg.batch_size)
     train_epoch = make_train_epoch(
-        train_step, tcfg.batch_size, tcfg.shuffle, step_callbacks
+        train_step, tcfg.batch_size, tcfg.shuffle, step_callbacks, batch_sharding
     )
     eval_metrics = make_eval_metrics(mcfg, tcfg.eval_batch_size)
 
@@ -354,45 +411,53 @@ def train(
     if recorder.resumed is not None:
         state = _restore_state(state, recorder.resumed[0], recorder.state_path)
 
-    train_x = jnp.asarray(data.train)  # resident on the device for the whole run
+    state = place(state)
+    train_x = place(jnp.asarray(data.train))  # resident for the whole run
     eval_x = {
-        split: jnp.asarray(getattr(data, split)) for split in recorder.eval_splits
+        split: place(jnp.asarray(getattr(data, split)))
+        for split in recorder.eval_splits
     }
-    try:
-        for epoch in range(recorder.first_epoch, tcfg.epochs):
-            recorder.begin_epoch(epoch)
-            hyper = state.opt_state.hyperparams
-            lr = float(hyper["learning_rate"])
-            order = epoch_order(tcfg, epoch, train_x.shape[0])
-            state, step_metrics = train_epoch(
-                state,
-                train_x,
-                jax.random.fold_in(train_key, epoch),
-                None if order is None else jnp.asarray(order, jnp.int32),
-                recorder.step_done,
-            )
-            row = recorder.row(
-                epoch,
-                lr,
-                jax.device_get(step_metrics),
-                lambda split, params=state.params: eval_metrics(params, eval_x[split]),
-            )
-            new_lr = recorder.next_lr(row, lr)
-            if new_lr != lr:  # the learning rate lives in the optimizer state
-                hyper["learning_rate"] = jnp.asarray(
-                    new_lr, hyper["learning_rate"].dtype
+    # on a mesh every jitted function is traced without the top-k's CPU barrier
+    with top_k_unfenced() if mesh else contextlib.nullcontext():
+        try:
+            for epoch in range(recorder.first_epoch, tcfg.epochs):
+                recorder.begin_epoch(epoch)
+                hyper = state.opt_state.hyperparams
+                lr = float(hyper["learning_rate"])
+                order = epoch_order(tcfg, epoch, train_x.shape[0])
+                state, step_metrics = train_epoch(
+                    state,
+                    train_x,
+                    jax.random.fold_in(train_key, epoch),
+                    None if order is None else jnp.asarray(order, jnp.int32),
+                    recorder.step_done,
                 )
-            recorder.save(
-                row,
-                _state_arrays(state),
-                lambda path, params=state.params: save_checkpoint(path, params, mcfg),
-            )
-    except KeyboardInterrupt:
-        raise recorder.interrupted() from None
-    finally:
-        recorder.close()
-    recorder.finish(
-        lambda x: encode(state.params, mcfg, x, batch_size=tcfg.eval_batch_size),
-        to_state_dict(state.params),
-    )
+                row = recorder.row(
+                    epoch,
+                    lr,
+                    jax.device_get(step_metrics),
+                    lambda split, params=state.params: eval_metrics(
+                        params, eval_x[split]
+                    ),
+                )
+                new_lr = recorder.next_lr(row, lr)
+                if new_lr != lr:  # the learning rate lives in the optimizer state
+                    hyper["learning_rate"] = jnp.asarray(
+                        new_lr, hyper["learning_rate"].dtype
+                    )
+                recorder.save(
+                    row,
+                    _state_arrays(state),
+                    lambda path, params=state.params: save_checkpoint(
+                        path, params, mcfg
+                    ),
+                )
+        except KeyboardInterrupt:
+            raise recorder.interrupted() from None
+        finally:
+            recorder.close()
+        recorder.finish(
+            lambda x: encode(state.params, mcfg, x, batch_size=tcfg.eval_batch_size),
+            to_state_dict(state.params),
+        )
     return recorder.history

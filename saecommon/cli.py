@@ -231,6 +231,13 @@ def build_parser(preset: str | None = None) -> argparse.ArgumentParser:
         "(default: a GPU when the framework sees one, else cpu)",
     )
     run.add_argument(
+        "--devices",
+        type=int,
+        metavar="N",
+        help="jax: data parallel over N local devices (each minibatch split N ways; "
+        "the batch size must divide by N)",
+    )
+    run.add_argument(
         "--init-from",
         metavar="CHECKPOINT",
         help="start from these weights (a model.safetensors) instead of a random "

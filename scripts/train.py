@@ -54,6 +54,14 @@ def main(argv=None) -> int:
         # Layer-wise: --init-from gives the whole model's initial weights, as pretrained.
         target = pretraining_model(run) if layerwise else run.model
         init = initial_state_dict(args.init_from, target) if args.init_from else None
+        options = {}
+        if args.devices is not None:
+            if args.framework != "jax" or args.device or layerwise or args.devices < 1:
+                raise ConfigError(
+                    "--devices N is data parallel training with jax over its local "
+                    "devices (not with --device, torch or layer-wise pretraining)"
+                )
+            options["mesh"] = (args.devices, 1)
         fw = frameworks.load(args.framework, args.device)
         (fw.pretrain if layerwise else fw.train)(
             run,
@@ -62,6 +70,7 @@ def main(argv=None) -> int:
             progress=not args.quiet,
             init=init,
             overwrite=args.overwrite,
+            **options,
         )
     except (ConfigError, DataError, TrainingDiverged, ValueError, OSError) as err:
         print(f"error: {_one_line(err, args)}", file=sys.stderr)

@@ -181,3 +181,101 @@ def test_the_devices_benchmark_prints_a_row_per_mesh(capsys):
         (1, "-"), (1, "1x1"), (2, "2x1"), (2, "1x2"), (4, "4x1"), (4, "1x4"), (4, "2x2"),
     ]  # fmt: skip
     assert all(r["tokens_per_s"] > 0 for r in rows) and rows[0]["vs_one_device"] == 1
+
+
+def test_classic_models_train_data_parallel_to_one_devices_weights(tmp_path):
+    """An MLP with top-k, lifetime top-k (over the global batch) and KL trained by
+    ``train.py --devices 4`` for 2 epochs, and 3 steps of the fullconv model's
+    step on its minibatch split 4 ways, end at the weights of one device."""
+    result = run_on_four_devices(
+        f"""
+        import json, pathlib, sys
+        import jax, jax.numpy as jnp
+        import numpy as np
+        from jax.sharding import NamedSharding, PartitionSpec
+        from jaxsae.sparsity import top_k_unfenced
+        from jaxsae.training import (TrainState, init_params, make_mesh,
+                                     make_optimizer, make_train_step, train)
+        from saecommon.checkpoint import read_checkpoint
+        from saecommon.config import SAEConfig
+        from saecommon.data import PreparedData
+        from saecommon.train_config import RunConfig, TrainConfig
+
+        rng = np.random.default_rng(0)
+
+        def data(n, dim):
+            x = rng.random((n, dim)).astype(np.float32)
+            y = rng.integers(0, 3, n)
+            return PreparedData(x, y, x[:32], y[:32], x[:32], y[:32], (0.0, 1.0),
+                                (1, dim), None, True)
+
+        def worst(a, b):
+            return max(float(np.max(np.abs(a[k] - b[k])) / max(np.max(np.abs(a[k])), 1e-12))
+                       for k in a)
+
+        out = {{}}
+        root = {str(tmp_path)!r}
+        sys.path[:0] = ["scripts", "tests"]
+        import train as train_script
+        from test_evaluation import write_idx_dataset
+
+        write_idx_dataset(pathlib.Path(root) / "data")  # 4x4 images
+        flags = ["--dataset", root + "/data", "--input-dim", "16", "--hidden-dims",
+                 "12", "--activation", "relu", "--code-activation", "sigmoid",
+                 "--topk", "4", "--lifetime-k", "6", "--penalty", "kl",
+                 "--penalty-weight", "0.1", "--epochs", "2", "--batch-size", "16",
+                 "--seed", "3", "--quiet"]
+        codes = [train_script.main([*flags, "--out", root + "/one"]),
+                 train_script.main([*flags, "--out", root + "/four", "--devices", "4"]),
+                 train_script.main([*flags, "--out", root + "/t", "--devices", "2",
+                                    "--framework", "torch"])]
+        one, _ = read_checkpoint(root + "/one/model.safetensors")
+        four, _ = read_checkpoint(root + "/four/model.safetensors")
+        out["mlp"] = {{"4x1": worst(one, four)}}
+        out["codes"] = codes
+        mlp = SAEConfig(input_dim=16, hidden_dims=(12,), activation="relu",
+                        code_activation="sigmoid", topk=4, lifetime_k=6, penalty="kl",
+                        penalty_weight=0.1)
+        prepared = data(128, 16)
+
+        conv = SAEConfig(architecture="fullconv", penalty="l1", penalty_weight=1e-3,
+                         l1_layers="hidden", loss="bce")
+        tcfg = TrainConfig(batch_size=16)
+        optimizer = make_optimizer(tcfg, 3)
+        step = make_train_step(conv, tcfg, optimizer)
+        x = rng.random((3, 16, 784)).astype(np.float32)
+        grid = make_mesh((4, 1))
+        split = NamedSharding(grid, PartitionSpec("data", None))
+        ends = {{}}
+        for sharded in (False, True):
+            params = init_params(conv, jax.random.key(0))
+            state = TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
+            if sharded:
+                state = jax.device_put(state, NamedSharding(grid, PartitionSpec()))
+            fn = jax.jit(step)
+            with top_k_unfenced():
+                for s in range(3):
+                    batch = jax.device_put(x[s], split) if sharded else jnp.asarray(x[s])
+                    state, _ = fn(state, batch, jax.random.key(s))
+            ends[sharded] = jax.tree.map(np.asarray, state.params)
+        flat = {{f"{{m}}/{{leaf}}": ends[False][m][leaf] for m in ends[False]
+                 for leaf in ends[False][m]}}
+        flat_mesh = {{f"{{m}}/{{leaf}}": ends[True][m][leaf] for m in ends[True]
+                      for leaf in ends[True][m]}}
+        out["fullconv"] = {{"4x1": worst(flat, flat_mesh)}}
+        for batch, mesh, key in ((18, (4, 1), "bad"), (16, (2, 2), "bad2")):
+            try:
+                train(RunConfig(mlp, TrainConfig(batch_size=batch)),
+                      {str(tmp_path)!r} + "/" + key, data=prepared, mesh=mesh)
+            except ValueError as err:
+                out[key] = str(err)
+        print(json.dumps(out))
+        """
+    )
+    assert set(result["mlp"]) == set(result["fullconv"]) == {"4x1"}
+    for name in ("mlp", "fullconv"):
+        for mesh, worst in result[name].items():
+            assert worst < 1e-5, (name, mesh, worst)
+    assert "batch_size 18 does not divide by the 4 devices" in result["bad"]
+    assert "the classic autoencoders train data parallel only" in result["bad2"]
+    assert result["codes"] == [0, 0, 2]  # train.py --devices: jax only
