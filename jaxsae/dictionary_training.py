@@ -26,7 +26,12 @@ from jaxsae.dictionary import (
     to_state_dict,
 )
 from jaxsae.sparsity import top_k_unfenced
-from jaxsae.training import _restore_state, _state_arrays, make_mesh
+from jaxsae.training import (
+    _restore_state,
+    _state_arrays,
+    check_batch_divides,
+    make_mesh,
+)
 from saecommon import dict_run
 from saecommon.dictionary import array_batch, array_start
 from saecommon.dictionary_config import DictConfig, DictTrainConfig
@@ -149,14 +154,9 @@ def mesh_backend(shape: tuple[int, int]) -> SimpleNamespace:
     replicated = NamedSharding(mesh, PartitionSpec())
 
     def check_batch(size: int) -> None:
-        if size % shape[0]:
-            raise ValueError(
-                f"batch_size {size} does not divide by the {shape[0]} devices of the "
-                "mesh's data axis"
-            )
+        check_batch_divides(size, shape)
 
-    def put(x: np.ndarray) -> jax.Array:
-        check_batch(x.shape[0])
+    def put(x: np.ndarray) -> jax.Array:  # a train.batch_size batch: checked once
         return jax.device_put(x, batch)
 
     def placed(state: DictState) -> DictState:

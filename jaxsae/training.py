@@ -329,6 +329,15 @@ def make_mesh(shape: tuple[int, int]) -> Mesh:
     return Mesh(grid, MESH_AXES)
 
 
+def check_batch_divides(batch_size: int, mesh: tuple[int, int]) -> None:
+    """ValueError unless the batch splits evenly over the mesh's data axis."""
+    if batch_size % mesh[0]:
+        raise ValueError(
+            f"batch_size {batch_size} does not divide by the {mesh[0]} devices of the "
+            "mesh's data axis"
+        )
+
+
 def mesh_placement(mesh: tuple[int, int] | None, batch_size: int):
     """(place, batch_sharding) for data-parallel training on a (devices, 1) mesh:
     ``place`` replicates an array tree over the mesh, ``batch_sharding`` splits a
@@ -342,11 +351,7 @@ def mesh_placement(mesh: tuple[int, int] | None, batch_size: int):
             f"a {mesh[0]}x{mesh[1]} mesh: the classic autoencoders train data "
             "parallel only (DATAx1); latent sharding is for dictionary SAEs"
         )
-    if batch_size % mesh[0]:
-        raise ValueError(
-            f"batch_size {batch_size} does not divide by the {mesh[0]} devices of the "
-            "mesh's data axis"
-        )
+    check_batch_divides(batch_size, mesh)
     grid = make_mesh(mesh)
     replicated = NamedSharding(grid, PartitionSpec())
 

@@ -27,7 +27,12 @@ from typing import Any
 
 import numpy as np
 
-from saecommon.checkpoint import atomic_write, check_finite_weights, check_state_dict
+from saecommon.checkpoint import (
+    CheckpointError,
+    atomic_write,
+    check_finite_weights,
+    check_state_dict,
+)
 from saecommon.dictionary import check_state_dict as check_dictionary
 from saecommon.foreign import (
     dictionary_learning,
@@ -160,13 +165,18 @@ def read(
     if hookpoint is not None and format != "sparsify":
         raise ForeignError(f"--hookpoint is for sparsify run folders, not {format}")
     model = _READERS[format](path, dict(fields or {}), hookpoint)
-    # every format: each tensor against the config built (names what is missing,
-    # unexpected or mis-shaped, and non-finite weights)
+    if format == "sae":
+        return model  # its own loader checked every tensor
+    # every other format, here once: each tensor against the config built (names
+    # what is missing, unexpected or mis-shaped, and non-finite weights)
     if model.kind == "dictionary":
         check_dictionary(model.state_dict, model.config, path)
-    else:
+        return model
+    try:
         check_state_dict(model.state_dict, model.config)
-        check_finite_weights(model.state_dict, path)
+    except CheckpointError as err:
+        raise ForeignError(f"{path}: {err}") from None
+    check_finite_weights(model.state_dict, path)
     return model
 
 

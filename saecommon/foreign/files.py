@@ -80,13 +80,14 @@ def describe(path: str) -> str:
         return "a single numpy .npy array"
     if is_msgpack_map(path):
         return "a msgpack map"
-    text = head(path, 64)
-    try:
-        json.loads(open(path, encoding="utf-8").read())
-        return "a JSON file"
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        pass
-    return f"a file of unknown kind (it starts with {text[:16]!r})"
+    if os.path.getsize(path) <= 1 << 20:  # a config-sized file may be JSON
+        try:
+            with open(path, encoding="utf-8") as f:
+                json.load(f)
+            return "a JSON file"
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            pass
+    return f"a file of unknown kind (it starts with {head(path)!r})"
 
 
 def to_numpy(value) -> np.ndarray:
