@@ -16,7 +16,9 @@ Custom backwards (each mirrored by a ``torch.autograd.Function`` in torchsae):
 
 Tie rule, as for every sparsity layer of this project: among equal values the lower
 index wins (``jax.lax.top_k`` puts the lower index first among equal values; the
-batch rules and AuxK use ``jaxsae.sparsity``'s mask).
+batch rules and AuxK use ``jaxsae.sparsity``'s mask). The selections go through
+``jaxsae.mesh_select``: the same functions on one device, shard-local selections
+when the mesh step traces them.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxsae.sparsity import _first_k_mask, apply_mask, top_k
+from jaxsae import mesh_select
+from jaxsae.sparsity import _first_k_mask, apply_mask
 from saecommon.dictionary_config import DictConfig, DictTrainConfig
 
 __all__ = [
@@ -222,15 +225,14 @@ sparse_decode.defvjp(_sparse_decode_fwd, _sparse_decode_bwd)
 def batchtopk_mask(acts: jax.Array, k: int) -> jax.Array:
     """Bool [tokens, d_sae]: the k * tokens largest entries of ``acts`` over the whole
     batch (Bussmann et al. 2024); ties to the lower flat (token-major) index."""
-    n = acts.shape[0] * k
-    return _first_k_mask(acts.reshape(1, -1), n).reshape(acts.shape)
+    return mesh_select.flat_first_k_mask(acts, acts.shape[0] * k)
 
 
 def aux_mask(acts: jax.Array, dead: jax.Array, k_aux: int) -> jax.Array:
     """Bool [tokens, d_sae]: per token, the k_aux largest of ``acts`` among the dead
     latents (fewer where fewer are dead); ties to the lower index (Gao et al. 2024)."""
     masked = jnp.where(dead[None, :], acts, -jnp.inf)
-    return _first_k_mask(masked, k_aux) & dead[None, :]
+    return mesh_select.first_k_mask(masked, k_aux) & dead[None, :]
 
 
 def threshold_value(params: Params, config: DictConfig) -> jax.Array:
@@ -339,10 +341,10 @@ def loss_terms(
     if act == "topk":
         pre_ng = jax.lax.stop_gradient(pre)
         acts_ng = jax.nn.relu(pre_ng)
-        _, idx = top_k(acts_ng, config.k)
+        _, idx = mesh_select.top_k(acts_ng, config.k)
         if aux_on:
             masked = jnp.where(dead[None, :], acts_ng, -jnp.inf)
-            aux_picked, aux_idx = top_k(masked, train.aux_k)
+            aux_picked, aux_idx = mesh_select.top_k(masked, train.aux_k)
             idx_all = jnp.concatenate([idx, aux_idx], axis=1)
             rows = jnp.arange(n)[:, None]
             terms["aux_mask"] = (
@@ -362,7 +364,9 @@ def loss_terms(
             )
         )
         vals = vals_all[:, : config.k]
-        x_hat = sparse_decode(vals, idx, params["W_dec"]) + params["b_dec"]
+        w_dec = params["W_dec"]
+        decoded = mesh_select.latent_sum(sparse_decode, vals, idx, w_dec)
+        x_hat = decoded + params["b_dec"]
         recon = jnp.sum((x_hat - xs) ** 2) / n
         hits = (vals > 0).astype(jnp.int32).reshape(-1)
         fired = jnp.zeros(config.d_sae, jnp.int32).at[idx.reshape(-1)].add(hits) > 0
@@ -371,7 +375,7 @@ def loss_terms(
         l0 = jnp.sum(vals > 0) / n
         if aux_on:
             aux_vals = jnp.where(aux_picked > -jnp.inf, vals_all[:, config.k :], 0)
-            e_hat = sparse_decode(aux_vals, aux_idx, params["W_dec"])
+            e_hat = mesh_select.latent_sum(sparse_decode, aux_vals, aux_idx, w_dec)
             aux = _aux_loss(e_hat, xs, x_hat, dead, train)
     else:
         acts = jax.nn.relu(pre)

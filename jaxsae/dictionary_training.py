@@ -14,8 +14,10 @@ from types import ModuleType, SimpleNamespace
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jaxsae import distributed
 from jaxsae.dictionary import (
     Coefficients,
     DictState,
@@ -25,6 +27,7 @@ from jaxsae.dictionary import (
     params_from_state_dict,
     to_state_dict,
 )
+from jaxsae.mesh_select import latents_sharded
 from jaxsae.sparsity import top_k_unfenced
 from jaxsae.training import (
     _restore_state,
@@ -102,21 +105,27 @@ def forward_numpy(state_dict, config: DictConfig, x: np.ndarray):
 def backend(mesh: tuple[int, int] | None = None) -> ModuleType | SimpleNamespace:
     """What saecommon/dict_run.py's loop calls: this module (JAX places arrays on its
     default device; saecommon.frameworks sets it), or with ``mesh`` = (data, model)
-    its functions over a ``Mesh`` of data * model local devices (``mesh_backend``)."""
+    its functions over a ``Mesh`` of data * model devices (``mesh_backend``). Started
+    as one of several processes (jaxsae.distributed), the default mesh is data
+    parallel over every device of every process."""
     here = sys.modules[__name__]
+    if mesh is None and jax.process_count() > 1:
+        mesh = (jax.device_count(), 1)
     return here if mesh is None else mesh_backend(mesh)
 
 
 # ------------------------------------------------------------------- several devices
 #
-# Sharding annotations, not shard_map: the batch is split over the mesh's "data" axis
+# The layouts are sharding annotations: the batch is split over the mesh's "data" axis
 # and the latents (W_enc's columns, b_enc, W_dec's rows, a per-latent threshold, the
 # dead-latent counters and their Adam moments) over its "model" axis; everything else
 # is replicated. jax.jit compiles the one train step for those layouts (GSPMD), so the
-# step computes the same global function as on one device: BatchTopK selects over the
-# global batch, TopK over all latents, and the decoder's partial sums are reduced
-# across latent shards by the compiler. Results differ from one device only by the
-# order of float32 reductions.
+# step computes the same global function as on one device. The selections over the
+# global latent dimension and the sparse decoder's sums are shard_map
+# (jaxsae.mesh_select: local top-k, one small all-gather; one all-reduce of the
+# decoder's partial sums), since left to GSPMD they would gather the whole
+# [tokens, d_sae] activations. Results differ from one device only by the order of
+# float32 reductions; every mask is the same.
 
 _LATENT_AXIS = {"W_enc": 1, "b_enc": 0, "W_dec": 0, "threshold": 0, "log_threshold": 0}
 
@@ -147,20 +156,36 @@ def state_sharding(state: DictState, mesh: Mesh):
 def mesh_backend(shape: tuple[int, int]) -> SimpleNamespace:
     """This module's backend over a (data, model) mesh: batches sharded on "data",
     the state placed by ``state_sharding`` and kept there by the step's
-    out_shardings. The batch must divide by the data axis (``check_batch``)."""
+    out_shardings. The batch must divide by the data axis (``check_batch``).
+
+    The mesh may span several processes (jaxsae.distributed): each then reads its
+    rows of every batch (``batch_rows``), fetches the state whole to save it
+    (``state_dict``, ``train_state_arrays``: collectives), and process 0 writes."""
     here = sys.modules[__name__]
     mesh = make_mesh(shape)
     batch = NamedSharding(mesh, PartitionSpec("data", None))
     replicated = NamedSharding(mesh, PartitionSpec())
+    sizes = {}  # the batch size, from check_batch
 
     def check_batch(size: int) -> None:
         check_batch_divides(size, shape)
+        sizes["batch"] = size
 
-    def put(x: np.ndarray) -> jax.Array:  # a train.batch_size batch: checked once
-        return jax.device_put(x, batch)
+    def batch_rows(size: int):
+        check_batch(size)
+        return distributed.batch_rows(batch, size, 1)
+
+    def put(x: np.ndarray) -> jax.Array:  # this process's rows of a checked batch
+        return distributed.from_rows(x, batch, sizes.get("batch", len(x)))
 
     def placed(state: DictState) -> DictState:
-        return jax.device_put(state, state_sharding(state, mesh))
+        return distributed.to_mesh(state, state_sharding(state, mesh))
+
+    def agree(flag: bool) -> bool:
+        if jax.process_count() == 1:
+            return bool(flag)
+        flags = multihost_utils.process_allgather(np.asarray(bool(flag)))
+        return bool(np.any(flags))
 
     def sharded_step(config: DictConfig, train: DictTrainConfig):
         check_batch(train.batch_size)
@@ -173,7 +198,9 @@ def mesh_backend(shape: tuple[int, int]) -> SimpleNamespace:
                 jitted["step"] = jax.jit(
                     step.__wrapped__, donate_argnums=0, out_shardings=layout
                 )
-            with top_k_unfenced():  # traced (on the first call) without the barrier
+            # Traced (on the first call) without the top-k barrier, and with TopK,
+            # BatchTopK and AuxK selecting shard by shard (jaxsae.mesh_select).
+            with top_k_unfenced(), latents_sharded(mesh):
                 return jitted["step"](state, x, coefficients)
 
         return step_on_the_mesh
@@ -184,15 +211,18 @@ def mesh_backend(shape: tuple[int, int]) -> SimpleNamespace:
         "host_metrics",
         "step_count",
         "dead_fraction",
-        "state_dict",
-        "train_state_arrays",
         "forward_numpy",
     )
     return SimpleNamespace(
         **{name: getattr(here, name) for name in same},
         mesh=mesh,
+        writer=distributed.is_writer(),
+        agree=agree,
         check_batch=check_batch,
+        batch_rows=batch_rows,
         put=put,
+        state_dict=lambda state, config: state_dict(distributed.fetch(state), config),
+        train_state_arrays=lambda state: _state_arrays(distributed.fetch(state)),
         init_state=lambda *a: placed(init_state(*a)),
         restore_train_state=lambda *a: placed(restore_train_state(*a)),
         make_train_step=sharded_step,

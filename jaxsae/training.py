@@ -21,6 +21,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jaxsae import distributed
 from jaxsae.checkpoint import from_state_dict, save_checkpoint, to_state_dict
 from jaxsae.evaluation import encode
 from jaxsae.losses import loss_terms
@@ -334,18 +335,19 @@ def check_batch_divides(batch_size: int, mesh: tuple[int, int]) -> None:
     if batch_size % mesh[0]:
         raise ValueError(
             f"batch_size {batch_size} does not divide by the {mesh[0]} devices of the "
-            "mesh's data axis"
+            "mesh's data axis; give a batch size that does, or fewer devices "
+            "(--devices, --mesh)"
         )
 
 
 def mesh_placement(mesh: tuple[int, int] | None, batch_size: int):
     """(place, batch_sharding) for data-parallel training on a (devices, 1) mesh:
     ``place`` replicates an array tree over the mesh, ``batch_sharding`` splits a
-    minibatch over its "data" axis; on one device (``mesh`` None) place is the
-    identity and there is no batch sharding. The top-k is traced without its CPU
+    minibatch over its "data" axis; on one device (``mesh`` None) place puts it on
+    the default device and there is no batch sharding. The top-k is traced without its CPU
     barrier on a mesh (``top_k_unfenced``: XLA's partitioner cannot split one)."""
     if mesh is None:
-        return (lambda tree: tree), None
+        return jax.device_put, None
     if mesh[1] != 1:
         raise ValueError(
             f"a {mesh[0]}x{mesh[1]} mesh: the classic autoencoders train data "
@@ -356,7 +358,7 @@ def mesh_placement(mesh: tuple[int, int] | None, batch_size: int):
     replicated = NamedSharding(grid, PartitionSpec())
 
     def place(tree):
-        return jax.device_put(tree, replicated)
+        return distributed.to_mesh(tree, replicated)
 
     return place, NamedSharding(grid, PartitionSpec("data", None))
 
@@ -380,15 +382,21 @@ def train(
     portable state dict (``saecommon.checkpoint.initial_state_dict``), replaces the
     random initial weights: fine-tuning, e.g. untied after a tied run. ``frozen``
     layers ("encoder.0", ...) keep their initial weights (``make_optimizer``).
-    ``mesh`` = (devices, 1): data parallel over that many local devices (each
-    minibatch split over them, parameters and optimizer state replicated, the step
-    the same global function; see ``mesh_placement``).
+    ``mesh`` = (devices, 1): data parallel over that many devices (each minibatch
+    split over them, parameters and optimizer state replicated, the step the same
+    global function; see ``mesh_placement``). Started as one of several processes
+    (jaxsae.distributed), the default mesh is every device of every process, and
+    process 0 alone writes the run directory.
 
     A folder that holds a run is refused unless ``overwrite`` or ``resume``
     (``saecommon.rundir.check_out_dir``); Ctrl-C raises ``TrainingInterrupted``
     saying where it stopped and what is saved."""
     mcfg, tcfg = run.model, run.train
     check_frozen(frozen, mcfg)
+    if mesh is None and jax.process_count() > 1:
+        mesh = (jax.device_count(), 1)
+    writer = distributed.is_writer()
+    progress = progress and writer
     rundir.check_out_dir(out_dir, resume=resume, overwrite=overwrite)
     data = prepare_data(run) if data is None else data
     check_batch_size(tcfg, data)
@@ -411,19 +419,17 @@ def train(
         params = from_state_dict(init, mcfg)
     state = TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
     recorder = RunRecorder(
-        run, out_dir, FRAMEWORK, data, resume=resume, progress=progress
+        run, out_dir, FRAMEWORK, data, resume=resume, progress=progress, writer=writer
     )
     if recorder.resumed is not None:
         state = _restore_state(state, recorder.resumed[0], recorder.state_path)
 
     state = place(state)
-    train_x = place(jnp.asarray(data.train))  # resident for the whole run
-    eval_x = {
-        split: place(jnp.asarray(getattr(data, split)))
-        for split in recorder.eval_splits
-    }
+    train_x = place(data.train)  # resident for the whole run
+    eval_x = {split: place(getattr(data, split)) for split in recorder.eval_splits}
     # on a mesh every jitted function is traced without the top-k's CPU barrier
-    with top_k_unfenced() if mesh else contextlib.nullcontext():
+    unfenced = top_k_unfenced() if mesh else contextlib.nullcontext()
+    with unfenced, recorder.interrupts():
         try:
             for epoch in range(recorder.first_epoch, tcfg.epochs):
                 recorder.begin_epoch(epoch)
@@ -447,8 +453,8 @@ def train(
                 )
                 new_lr = recorder.next_lr(row, lr)
                 if new_lr != lr:  # the learning rate lives in the optimizer state
-                    hyper["learning_rate"] = jnp.asarray(
-                        new_lr, hyper["learning_rate"].dtype
+                    hyper["learning_rate"] = place(
+                        np.asarray(new_lr, hyper["learning_rate"].dtype)
                     )
                 recorder.save(
                     row,
@@ -461,8 +467,9 @@ def train(
             raise recorder.interrupted() from None
         finally:
             recorder.close()
+        params = jax.device_get(state.params)  # the writer's own copy
         recorder.finish(
-            lambda x: encode(state.params, mcfg, x, batch_size=tcfg.eval_batch_size),
-            to_state_dict(state.params),
+            lambda x: encode(params, mcfg, x, batch_size=tcfg.eval_batch_size),
+            to_state_dict(params),
         )
     return recorder.history

@@ -61,6 +61,9 @@ ONE_SIDED = {
     "jaxsae/conv.py": "how XLA computes the convolutions (matrix products on the CPU); "
     "torch's own Conv2d, ConvTranspose2d and max_pool2d are what it is tested against "
     "(tests/test_conv.py)",
+    "jaxsae/mesh_select.py": "selections over latents sharded across devices; torch "
+    "trains data parallel only (torchsae/distributed.py says what a torch user does "
+    "instead)",
 }
 
 
@@ -174,8 +177,11 @@ def test_dictionary_modules_mirror():
     assert set(DICTIONARY_PURE) <= set(jd.__all__)
     for name in DICTIONARY_PURE:
         a = list(inspect.signature(getattr(jd, name)).parameters)
+        # torch's own placement: its device, and its split over torchrun's processes
         b = [
-            p for p in inspect.signature(getattr(td, name)).parameters if p != "device"
+            p
+            for p in inspect.signature(getattr(td, name)).parameters
+            if p not in ("device", "split")
         ]
         assert a == b, f"dictionary.{name}: jax {a} vs torch {b}"
     # placement is each framework's own: torch's device, jax's (data, model) mesh

@@ -446,7 +446,12 @@ class ActivationCache:
                 f"cannot sample {n} tokens from {self.n_train} training tokens"
             )
         rows = np.random.default_rng(seed).choice(self.n_train, n, replace=False)
-        out = np.empty((n, self.d_in), np.float32)
+        return self._gather(rows)
+
+    def _gather(self, rows: np.ndarray) -> np.ndarray:
+        """Cache rows ``rows`` (ids, any order) as float32 [len(rows), d_in]; only
+        those rows are read (in file order) and checked for NaN/inf."""
+        out = np.empty((len(rows), self.d_in), np.float32)
         shard_of = np.searchsorted(self._starts, rows, side="right") - 1
         for i in np.unique(shard_of):
             where = np.flatnonzero(shard_of == i)
@@ -464,6 +469,7 @@ class ActivationCache:
         *,
         start_step: int = 0,
         window_shards: int = DEFAULT_WINDOW_SHARDS,
+        rows: tuple[int, int] | None = None,
     ) -> Iterator[np.ndarray]:
         """Training batches, float32 [batch_size, d_in], forever (epoch after epoch).
 
@@ -478,6 +484,10 @@ class ActivationCache:
         ``[s * batch_size, (s + 1) * batch_size)`` of the stream, so a batch may
         span two epochs.
 
+        ``rows`` = (lo, hi) yields rows [lo, hi) of each of those batches only, and
+        reads only them (one process's part of a global batch split over several:
+        each reads its slice of the cache); memory then is one batch's row ids.
+
         Deterministic in (seed, window_shards, the cache, eval_tokens):
         ``start_step=s`` yields exactly batches s, s+1, ... of a run from step 0,
         without reading the epochs and windows before the one batch s starts in.
@@ -488,25 +498,34 @@ class ActivationCache:
                 "batch_size and window_shards must be positive, start_step and seed "
                 f"non-negative; got {batch_size}, {window_shards}, {start_step}, {seed}"
             )
+        if rows is not None and not 0 <= rows[0] < rows[1] <= batch_size:
+            raise ActivationCacheError(
+                f"rows must be (lo, hi) with 0 <= lo < hi <= {batch_size}, got {rows}"
+            )
+        start = start_step * batch_size
+        if rows is None:
+            chunks = self._stream(seed, start, window_shards)
+        else:
+            chunks = self._id_stream(seed, start, window_shards)
         parts: list[np.ndarray] = []
         have = 0
-        for chunk in self._stream(seed, start_step * batch_size, window_shards):
+        for chunk in chunks:
             while len(chunk):
                 take = min(batch_size - have, len(chunk))
                 parts.append(chunk[:take])
                 chunk = chunk[take:]
                 have += take
                 if have == batch_size:
-                    yield parts[0] if len(parts) == 1 else np.concatenate(parts)
+                    batch = parts[0] if len(parts) == 1 else np.concatenate(parts)
+                    yield batch if rows is None else self._gather(batch[slice(*rows)])
                     parts, have = [], 0
 
-    def _stream(
-        self, seed: int, start: int, window_shards: int
-    ) -> Iterator[np.ndarray]:
-        """The shuffled training rows from stream row ``start`` on, in chunks."""
+    def _windows(self, seed: int, start: int, window_shards: int):
+        """(shards, perm, offset) for each window from stream row ``start`` on: the
+        window's training rows, concatenated in ``shards`` order, are emitted in the
+        order ``perm[offset:]`` (the shuffle :meth:`batches` states)."""
         shards = [i for i in range(len(self._arrays)) if self._train_rows(i)]
         epoch, offset = divmod(start, self.n_train)
-        chunk = 1 << 13
         while True:
             order = np.random.default_rng([seed, epoch]).permutation(len(shards))
             for w, lo in enumerate(range(0, len(order), window_shards)):
@@ -515,14 +534,36 @@ class ActivationCache:
                 if offset >= size:  # skipped without reading
                     offset -= size
                     continue
-                data = np.concatenate(
-                    [self._read(i, 0, self._train_rows(i)) for i in window]
+                yield (
+                    window,
+                    np.random.default_rng([seed, epoch, w]).permutation(size),
+                    offset,
                 )
-                perm = np.random.default_rng([seed, epoch, w]).permutation(size)
-                for a in range(offset, size, chunk):
-                    yield data[perm[a : a + chunk]]
                 offset = 0
             epoch += 1
+
+    def _stream(
+        self, seed: int, start: int, window_shards: int
+    ) -> Iterator[np.ndarray]:
+        """The shuffled training rows from stream row ``start`` on, in chunks."""
+        chunk = 1 << 13
+        for window, perm, offset in self._windows(seed, start, window_shards):
+            data = np.concatenate(
+                [self._read(i, 0, self._train_rows(i)) for i in window]
+            )
+            for a in range(offset, len(perm), chunk):
+                yield data[perm[a : a + chunk]]
+
+    def _id_stream(
+        self, seed: int, start: int, window_shards: int
+    ) -> Iterator[np.ndarray]:
+        """The cache row ids of :meth:`_stream`'s rows, one window at a time (no
+        row is read)."""
+        for window, perm, offset in self._windows(seed, start, window_shards):
+            ids = np.concatenate(
+                [self._starts[i] + np.arange(self._train_rows(i)) for i in window]
+            )
+            yield ids[perm[offset:]]
 
     def held_out(self) -> np.ndarray:
         """The held-out tail, float32 [n_eval, d_in], in cache order."""

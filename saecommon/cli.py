@@ -234,8 +234,10 @@ def build_parser(preset: str | None = None) -> argparse.ArgumentParser:
         "--devices",
         type=int,
         metavar="N",
-        help="jax: data parallel over N local devices (each minibatch split N ways; "
-        "the batch size must divide by N)",
+        help="jax: data parallel over N devices (each minibatch split N ways; the "
+        "batch size must divide by N; default: every local device, or every device "
+        "of every process under jax.distributed; 1: one device). torch: run under "
+        "torchrun instead",
     )
     run.add_argument(
         "--init-from",

@@ -83,8 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--mesh",
         type=mesh_shape,
         metavar="DATAxMODEL",
-        help="jax: train on DATA*MODEL local devices, the batch split DATA ways and "
-        "the latents MODEL ways (4x1: data parallel; 1x4: latents sharded; 2x2)",
+        help="jax: train on DATA*MODEL devices, the batch split DATA ways and the "
+        "latents MODEL ways (4x1: data parallel; 1x4: latents sharded; 2x2; 1x1: one "
+        "device). Default: data parallel over every local device (every device of "
+        "every process under jax.distributed)",
     )
     parser.add_argument(
         "--resume",

@@ -138,8 +138,16 @@ def train_dictionary(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Train (or continue) ``run`` in ``out_dir`` with ``backend`` (jaxsae's or
-    torchsae's dictionary_training module). Returns the summary."""
+    torchsae's dictionary_training module). Returns the summary.
+
+    A backend of one of several processes (data parallel) says so with ``writer``
+    (False but in process 0: it writes nothing), ``batch_rows(batch_size)`` (the
+    rows of each global batch this process reads, or None for all) and
+    ``agree(flag)`` (whether any process raised ``flag``: a Ctrl-C stops them
+    all at the same step)."""
     out_dir = os.fspath(out_dir)
+    writer = getattr(backend, "writer", True)
+    progress = progress and writer
     # A run that --overwrite replaces stays whole until the new one's first save.
     rundir.check_out_dir(out_dir, resume=resume, overwrite=overwrite)
     cache = open_cache(run)
@@ -182,8 +190,15 @@ def train_dictionary(
     sums: dict[str, float] = {}
     count = 0
     tick = time.perf_counter()
+    batch_rows = getattr(backend, "batch_rows", lambda size: None)
+    agree = getattr(backend, "agree", bool)
     batches = Prefetcher(
-        cache.batches(run.train.batch_size, run.train.seed, start_step=first),
+        cache.batches(
+            run.train.batch_size,
+            run.train.seed,
+            start_step=first,
+            rows=batch_rows(run.train.batch_size),
+        ),
         put=backend.put,
     )
     stop = _StopRequest()
@@ -225,14 +240,14 @@ def train_dictionary(
                         _line(row, run.train.steps)
                     sums, count, tick = {}, 0, now
                 if done % run.checkpoint_every == 0 and done < run.train.steps:
-                    _save(backend, state, run, out_dir, done, history)
-                if stop.requested:
-                    _save(backend, state, run, out_dir, done, history)
+                    _save(backend, state, run, out_dir, done, history, writer)
+                if agree(stop.requested):
+                    _save(backend, state, run, out_dir, done, history, writer)
                     raise DictTrainingInterrupted(out_dir, done)
     finally:
         if bar is not None:
             bar.close()
-    _save(backend, state, run, out_dir, run.train.steps, history)
+    _save(backend, state, run, out_dir, run.train.steps, history, writer)
     summary = evaluate_on(backend, backend.state_dict(state, model), model, cache)
     summary["train_dead_fraction"] = backend.dead_fraction(state, run.train)
     summary.update(
@@ -240,7 +255,8 @@ def train_dictionary(
         steps=run.train.steps,
         tokens=run.train.steps * run.train.batch_size,
     )
-    rundir.write_summary(out_dir, summary)
+    if writer:
+        rundir.write_summary(out_dir, summary)
     return summary
 
 
@@ -274,10 +290,16 @@ def evaluate_batches(backend, state_dict, model: DictConfig, batches) -> dict:
     }
 
 
-def _save(backend, state, run: DictRun, out_dir: str, step: int, history) -> None:
-    """Stage the train state, the model and the history, then move them in together."""
-    os.makedirs(out_dir, exist_ok=True)
+def _save(
+    backend, state, run: DictRun, out_dir: str, step: int, history, writer: bool
+) -> None:
+    """Stage the train state, the model and the history, then move them in together
+    (the ``writer`` does; every process fetches the state, which may gather it)."""
     model_sd = backend.state_dict(state, run.model)
+    arrays = backend.train_state_arrays(state)
+    if not writer:
+        return
+    os.makedirs(out_dir, exist_ok=True)
     names = {
         rundir.TRAIN_STATE: rundir.staged_path(out_dir, rundir.TRAIN_STATE),
         rundir.MODEL: rundir.staged_path(out_dir, rundir.MODEL),
@@ -285,9 +307,7 @@ def _save(backend, state, run: DictRun, out_dir: str, step: int, history) -> Non
         rundir.CONFIG: rundir.staged_path(out_dir, rundir.CONFIG),
     }
     meta = {"framework": backend.FRAMEWORK, "step": step, "run": run.to_json()}
-    rundir.write_train_state(
-        names[rundir.TRAIN_STATE], backend.train_state_arrays(state), meta
-    )
+    rundir.write_train_state(names[rundir.TRAIN_STATE], arrays, meta)
     save_dictionary(names[rundir.MODEL], model_sd, run.model)
     rundir.write_history(out_dir, history, names[rundir.HISTORY])
     atomic_write(names[rundir.CONFIG], run.to_json().encode())

@@ -136,6 +136,21 @@ class Framework:
     dictionary_backend: Callable = None
     """``dictionary_backend()``: the functions saecommon/dict_run.py's loop and the
     dictionary evaluation call, bound to the device."""
+    main_process: bool = True
+    """False in all but process 0 of several (torchrun, jax.distributed): the one
+    that writes files and speaks."""
+    devices: int = 1
+    """The devices a command trains on by default: for jax without ``device``, every
+    local device of its default backend (data parallel, ``default_mesh``); else one
+    (torch: one per process)."""
+
+    def default_mesh(self, given: tuple[int, int] | None) -> tuple[int, int] | None:
+        """The (data, model) mesh a jax command trains on: ``given``, else data
+        parallel over ``devices``; None (no mesh) for one device. Under
+        jax.distributed the trainers' own default (every device of every process)
+        applies."""
+        mesh = given or (self.devices, 1)
+        return None if mesh == (1, 1) else mesh
 
 
 def load(name: str, device: str | None = None) -> Framework:
@@ -147,8 +162,16 @@ def load(name: str, device: str | None = None) -> Framework:
         import jax
 
         import jaxsae
-        from jaxsae import dictionary_training, evaluation, layerwise, training
+        from jaxsae import (
+            dictionary_training,
+            distributed,
+            evaluation,
+            layerwise,
+            training,
+        )
 
+        # one of several processes (JAX_COORDINATOR_ADDRESS): join them first
+        distributed.init_from_env()
         if device is None:
             return Framework(
                 "jax",
@@ -160,6 +183,9 @@ def load(name: str, device: str | None = None) -> Framework:
                 training.init_state_dict,
                 dictionary_training.train,
                 dictionary_training.backend,
+                distributed.is_writer(),
+                # several processes: the trainers span every process's devices
+                jax.local_device_count() if jax.process_count() == 1 else 1,
             )
         chosen = _jax_device(device)
         return Framework(
@@ -172,16 +198,25 @@ def load(name: str, device: str | None = None) -> Framework:
             _on_device(training.init_state_dict, chosen),
             _on_device(dictionary_training.train, chosen),
             functools.partial(_bound_backend, dictionary_training.backend(), chosen),
+            distributed.is_writer(),
         )
     import torch
 
     import torchsae
-    from torchsae import dictionary_training, evaluation, layerwise, training
+    from torchsae import (
+        dictionary_training,
+        distributed,
+        evaluation,
+        layerwise,
+        training,
+    )
 
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     else:
         device = _torch_device(device)
+    # one of several processes (torchrun): join their group, one GPU each
+    device = distributed.init_from_env(device)
     return Framework(
         "torch",
         torchsae,
@@ -192,4 +227,5 @@ def load(name: str, device: str | None = None) -> Framework:
         training.init_state_dict,
         functools.partial(dictionary_training.train, device=device),
         functools.partial(dictionary_training.backend, device=device),
+        distributed.world().rank == 0,
     )

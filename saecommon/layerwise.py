@@ -183,9 +183,15 @@ def pretrain(
     progress: bool = True,
     init: Mapping[str, np.ndarray] | None = None,
     overwrite: bool = False,
+    writer: bool = True,
+    barrier: Callable[[], None] = lambda: None,
 ) -> dict[str, list[dict]]:
     """Run the whole schedule with one package's ``train`` (which takes ``init`` and
     ``frozen``) and ``init_state_dict(config, seed)``; returns each stage's history.
+
+    In a run of several processes, each runs this with its package's ``writer``
+    (process 0 writes the top-level files) and ``barrier`` (waits for every
+    process: each stage starts from the file the writer saved).
 
     A folder that holds a run is refused unless ``resume`` or ``overwrite``; with
     ``overwrite`` the run that was there (its top-level files and its stage folders)
@@ -200,14 +206,16 @@ def pretrain(
                 f"nothing to resume in {out_dir}: it holds no layer-wise run "
                 f"(no {rundir.CONFIG})"
             )
-    elif rundir.check_out_dir(out_dir, overwrite=overwrite):
+    elif rundir.check_out_dir(out_dir, overwrite=overwrite) and writer:
         _remove_run(out_dir)
     full_model = pretraining_model(run)
     if init is None:
         init = init_state_dict(full_model, run.train.seed)
     check_state_dict(init, full_model)
     data = prepare_data(run) if data is None else data
-    rundir.write_run_config(out_dir, run)
+    progress = progress and writer
+    if writer:
+        rundir.write_run_config(out_dir, run)
 
     histories: dict[str, list[dict]] = {}
     previous = previous_config = None
@@ -243,10 +251,12 @@ def pretrain(
                 frozen=stage.frozen,
                 overwrite=not stage_resume,  # this pretraining's own stage folder
             )
+        barrier()  # the writer has saved the stage
         previous_path = os.path.join(stage_dir, rundir.MODEL)
         previous, previous_config = read_checkpoint(previous_path)
-    with open(previous_path, "rb") as f:  # the final model, also at the top
-        atomic_write(os.path.join(out_dir, rundir.MODEL), f.read())
+    if writer:
+        with open(previous_path, "rb") as f:  # the final model, also at the top
+            atomic_write(os.path.join(out_dir, rundir.MODEL), f.read())
     return histories
 
 

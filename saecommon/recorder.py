@@ -5,9 +5,12 @@ run directory (rundir.py), progress, and the end-of-run pictures and summary."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
+import signal
+import threading
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -171,7 +174,10 @@ class RunRecorder:
 
     A trainer builds one, restores its own state from ``resumed`` (arrays, meta) when
     that is set, then for each epoch from ``first_epoch`` calls ``row``, ``next_lr``
-    and ``save``, and at the end ``finish``."""
+    and ``save``, and at the end ``finish``.
+
+    Of the processes of one data-parallel run, one (process 0) is the ``writer``;
+    the others keep the same history and write nothing."""
 
     def __init__(
         self,
@@ -182,8 +188,10 @@ class RunRecorder:
         *,
         resume: bool,
         progress: bool,
+        writer: bool = True,
     ):
         tcfg = run.train
+        self.writer = writer
         self.run, self.out_dir, self.framework, self.data = (
             run,
             out_dir,
@@ -208,6 +216,7 @@ class RunRecorder:
         self.fresh = not resume
         self.saved = False
         self.epoch = self.step = None  # where training is, for an interruption
+        self.sigint = False  # a Ctrl-C came (``interrupts``)
         self.progress = progress
         self.bar = EpochProgress(
             tcfg.epochs, initial=len(self.history), enabled=progress
@@ -224,9 +233,36 @@ class RunRecorder:
         """The splits evaluated each epoch: "test", and "val" first when held out."""
         return ("test",) if self.data.val_is_test else ("val", "test")
 
+    @contextlib.contextmanager
+    def interrupts(self):
+        """While active, Ctrl-C raises KeyboardInterrupt as usual and is also
+        remembered: one that lands where Python drops exceptions (a garbage
+        collector callback of JAX's, between two steps) is raised again at the next
+        epoch boundary instead of being lost. A SIGINT that was ignored (a
+        background job) stays ignored; off the main thread nothing changes."""
+        main = threading.current_thread() is threading.main_thread()
+        if not main or signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+            yield
+            return
+
+        def handle(signum, frame):
+            self.sigint = True
+            raise KeyboardInterrupt
+
+        previous = signal.signal(signal.SIGINT, handle)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def _raise_lost_interrupt(self) -> None:
+        if self.sigint:
+            raise KeyboardInterrupt
+
     def begin_epoch(self, epoch: int) -> None:
         self.epoch_start = time.perf_counter()
         self.epoch, self.step = epoch, None
+        self._raise_lost_interrupt()
 
     def step_done(self, step: int, steps: int) -> None:
         """Step ``step`` (from 1) of ``steps`` of the current epoch has run: progress
@@ -256,6 +292,7 @@ class RunRecorder:
     def row(self, epoch: int, lr: float, step_metrics, eval_metrics) -> dict:
         """The epoch's metrics: train means (raising TrainingDiverged on a non-finite
         loss), then ``eval_metrics(split)`` for "val" (if held out) and "test"."""
+        self._raise_lost_interrupt()
         row = {"epoch": epoch + 1, "lr": lr}
         kept = (
             "the last good checkpoint is kept"
@@ -307,6 +344,9 @@ class RunRecorder:
             "plateau": plateau,
             **meta,
         }
+        if not self.writer:
+            self.saved = True
+            return
         stage = self.fresh and not self.saved
         os.makedirs(self.out_dir, exist_ok=True)
 
@@ -335,6 +375,10 @@ class RunRecorder:
         self.bar.close()
 
     def finish(self, encode: Callable[[np.ndarray], Encoded], state_dict) -> dict:
+        """The run's summary, written with its pictures (by the writer only: the
+        others return {})."""
+        if not self.writer:
+            return {}
         return finish_run(
             self.out_dir,
             self.run,

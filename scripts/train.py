@@ -56,13 +56,16 @@ def main(argv=None) -> int:
         init = initial_state_dict(args.init_from, target) if args.init_from else None
         options = {}
         if args.devices is not None:
-            if args.framework != "jax" or args.device or layerwise or args.devices < 1:
+            if args.framework != "jax" or args.device or args.devices < 1:
                 raise ConfigError(
-                    "--devices N is data parallel training with jax over its local "
-                    "devices (not with --device, torch or layer-wise pretraining)"
+                    "--devices N is data parallel training with jax over its "
+                    "devices (not with --device); torch trains data parallel under "
+                    "torchrun"
                 )
-            options["mesh"] = (args.devices, 1)
         fw = frameworks.load(args.framework, args.device)
+        if fw.name == "jax":  # default: every local device (one: no mesh)
+            given = None if args.devices is None else (args.devices, 1)
+            options["mesh"] = fw.default_mesh(given)
         (fw.pretrain if layerwise else fw.train)(
             run,
             args.out,
@@ -85,7 +88,8 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted before training began; nothing was written", file=sys.stderr)
         return INTERRUPTED
-    print(f"run directory: {args.out}")
+    if fw.main_process:  # (one line for a run of several processes)
+        print(f"run directory: {args.out}")
     return 0
 
 

@@ -37,11 +37,12 @@ def main(argv=None) -> int:
         if args.mesh is not None:
             if (name or "jax") != "jax" or args.device:
                 raise ConfigError(
-                    "--mesh is for jax on its local devices (without --device); a "
-                    "torch run trains on one device"
+                    "--mesh is for jax on its devices (without --device); torch "
+                    "trains data parallel under torchrun"
                 )
-            options["mesh"] = args.mesh
         fw = frameworks.load(name or "jax", args.device)
+        if fw.name == "jax":  # default: data parallel over every local device
+            options["mesh"] = fw.default_mesh(args.mesh)
         summary = fw.train_dictionary(
             run,
             args.out,
@@ -77,8 +78,9 @@ def main(argv=None) -> int:
         "eval_dead_fraction",
         "train_dead_fraction",
     )
-    print(" ".join(f"{k} {summary[k]:.4g}" for k in shown if k in summary))
-    print(f"run directory: {args.out}")
+    if fw.main_process:  # (one line for a run of several processes)
+        print(" ".join(f"{k} {summary[k]:.4g}" for k in shown if k in summary))
+        print(f"run directory: {args.out}")
     return 0
 
 

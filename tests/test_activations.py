@@ -212,6 +212,34 @@ def test_batches_are_seeded_epochs_of_each_token_once_and_resumable(tmp_path):
         assert all(np.array_equal(a, b) for a, b in zip(run[start:], tail))
 
 
+def test_each_process_reads_its_rows_of_every_batch(tmp_path):
+    write_cache(tmp_path / "c", n_texts=60)  # 354 tokens, 8 shards
+    cache = ActivationCache(tmp_path / "c", eval_tokens=54)
+    whole = take(cache.batches(20, seed=3, window_shards=2), 40)
+    for parts in ((0, 10, 20), (0, 5, 10, 15, 20), (0, 20)):
+        for start in (0, 14, 15):
+            pieces = [
+                take(
+                    cache.batches(
+                        20, seed=3, start_step=start, window_shards=2, rows=(lo, hi)
+                    ),
+                    40 - start,
+                )
+                for lo, hi in zip(parts, parts[1:])
+            ]
+            for s, batch in enumerate(whole[start:]):
+                np.testing.assert_array_equal(
+                    np.concatenate([p[s] for p in pieces]), batch
+                )
+    # only the rows asked for are read: no shard is scanned whole
+    fresh = ActivationCache(tmp_path / "c", eval_tokens=54)
+    next(fresh.batches(20, seed=3, rows=(0, 10)))
+    assert not fresh._checked
+    for bad in ((10, 10), (-1, 5), (0, 21)):
+        with pytest.raises(ActivationCacheError, match="rows must be"):
+            next(cache.batches(20, seed=3, rows=bad))
+
+
 def test_start_step_does_not_read_skipped_windows(tmp_path):
     write_cache(tmp_path / "c", n_texts=60)
     cache = ActivationCache(tmp_path / "c")

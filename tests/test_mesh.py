@@ -134,7 +134,8 @@ def test_a_run_stopped_on_one_mesh_resumes_on_another(tmp_path):
                  "--aux-k", "8", "--dead-tokens", "256", "--warmup-steps", "0",
                  "--decay-steps", "0", "--activation", "batchtopk", "--quiet"]
         codes = [
-            train_sae.main([*flags, "--out", root + "/whole", "--steps", "12"]),
+            train_sae.main([*flags, "--out", root + "/whole", "--steps", "12",
+                            "--mesh", "1x1"]),
             train_sae.main([*flags, "--out", root + "/cut", "--steps", "6",
                             "--mesh", "2x2"]),
             train_sae.main(["--out", root + "/cut", "--resume", "--steps", "12",
@@ -225,13 +226,16 @@ def test_classic_models_train_data_parallel_to_one_devices_weights(tmp_path):
                  "--topk", "4", "--lifetime-k", "6", "--penalty", "kl",
                  "--penalty-weight", "0.1", "--epochs", "2", "--batch-size", "16",
                  "--seed", "3", "--quiet"]
-        codes = [train_script.main([*flags, "--out", root + "/one"]),
+        codes = [train_script.main([*flags, "--out", root + "/one", "--devices", "1"]),
+                 train_script.main([*flags, "--out", root + "/all"]),
                  train_script.main([*flags, "--out", root + "/four", "--devices", "4"]),
                  train_script.main([*flags, "--out", root + "/t", "--devices", "2",
                                     "--framework", "torch"])]
         one, _ = read_checkpoint(root + "/one/model.safetensors")
         four, _ = read_checkpoint(root + "/four/model.safetensors")
+        every, _ = read_checkpoint(root + "/all/model.safetensors")
         out["mlp"] = {{"4x1": worst(one, four)}}
+        out["all_is_four"] = worst(four, every) == 0
         out["codes"] = codes
         mlp = SAEConfig(input_dim=16, hidden_dims=(12,), activation="relu",
                         code_activation="sigmoid", topk=4, lifetime_k=6, penalty="kl",
@@ -278,4 +282,5 @@ def test_classic_models_train_data_parallel_to_one_devices_weights(tmp_path):
             assert worst < 1e-5, (name, mesh, worst)
     assert "batch_size 18 does not divide by the 4 devices" in result["bad"]
     assert "the classic autoencoders train data parallel only" in result["bad2"]
-    assert result["codes"] == [0, 0, 2]  # train.py --devices: jax only
+    assert result["codes"] == [0, 0, 0, 2]  # train.py --devices: jax only
+    assert result["all_is_four"]  # the default: every local device

@@ -136,6 +136,34 @@ def test_an_interruption_says_the_step_and_the_checkpoint(tmp_path, monkeypatch)
     assert len(rundir.read_history(tmp_path)) == 1
 
 
+def test_a_ctrl_c_that_python_drops_still_stops_at_the_next_epoch(
+    framework, tmp_path, monkeypatch
+):
+    """A SIGINT whose KeyboardInterrupt is swallowed (as in a garbage-collector
+    callback of JAX's, where Python drops exceptions) is not lost: training stops at
+    the next epoch boundary, and the handler before training is back after."""
+    original = recorder.RunRecorder.save
+
+    def save_then_lose_a_ctrl_c(self, row, *args, **kwargs):
+        original(self, row, *args, **kwargs)
+        if row["epoch"] == 1:
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.5)  # the handler runs here and raises
+            except KeyboardInterrupt:
+                pass  # dropped, as a gc callback would drop it
+
+    monkeypatch.setattr(recorder.RunRecorder, "save", save_then_lose_a_ctrl_c)
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(recorder.TrainingInterrupted, match="in epoch 2 of 4"):
+        trainer(framework)(
+            run_config(epochs=4), tmp_path / "run", data=synthetic_data(),
+            progress=False,
+        )  # fmt: skip
+    assert signal.getsignal(signal.SIGINT) is before
+    assert len(rundir.read_history(tmp_path / "run")) == 1
+
+
 def test_resume_refuses_fewer_epochs_and_a_finished_run(framework, tmp_path):
     data = synthetic_data()
     trainer(framework)(run_config(), tmp_path, data=data, progress=False)

@@ -20,6 +20,7 @@ index wins (``torchsae.sparsity``'s mask; ``torch.topk`` is asked for no indices
 
 from __future__ import annotations
 
+import contextlib
 from typing import NamedTuple
 
 import numpy as np
@@ -27,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from saecommon.dictionary_config import DictConfig, DictTrainConfig
+from torchsae import distributed
 from torchsae.sparsity import _first_k_mask, apply_mask
 
 __all__ = [
@@ -336,7 +338,8 @@ def loss_terms(
         x_hat = sparse_decode(vals, idx, params["W_dec"]) + params["b_dec"]
         recon = ((x_hat - xs) ** 2).sum() / n
         hits = (vals > 0).reshape(-1).long()
-        fired = idx.new_zeros(config.d_sae).index_add_(0, idx.reshape(-1), hits) > 0
+        fired = idx.new_zeros(config.d_sae).index_add_(0, idx.reshape(-1), hits)
+        fired = distributed.all_sum(fired) > 0
         terms["mask"] = torch.zeros_like(pre_ng, dtype=torch.bool).scatter_(
             1, idx, True
         )
@@ -360,12 +363,14 @@ def loss_terms(
             sparsity = (
                 sparsity_coefficient * step(pre, theta, train.bandwidth).sum() / n
             )
-        else:  # batchtopk, matryoshka
-            mask = batchtopk_mask(acts.detach(), config.k)
+        else:  # batchtopk, matryoshka: over the global batch (torchsae.distributed)
+            everyone = distributed.gather_rows(acts)
+            kept = batchtopk_mask(everyone, config.k)
+            mask = distributed.local_part(kept, n)
             z = apply_mask(acts, mask)
             terms["mask"] = mask
             inf = torch.full((), torch.inf, dtype=acts.dtype)
-            terms["min_kept"] = torch.where(mask & (acts > 0), acts.detach(), inf).min()
+            terms["min_kept"] = torch.where(kept & (everyone > 0), everyone, inf).min()
         if act == "matryoshka":
             recon = zero
             x_hat = params["b_dec"]
@@ -379,7 +384,7 @@ def loss_terms(
         else:
             x_hat = _mm(z, params["W_dec"], train.precision) + params["b_dec"]
             recon = ((x_hat - xs) ** 2).sum() / n
-        fired = (z != 0).any(dim=0)
+        fired = distributed.all_sum((z != 0).sum(dim=0)) > 0
         l0 = (z != 0).to(xs.dtype).sum() / n
         if aux_on:
             a_mask = aux_mask(acts.detach(), dead, train.aux_k)
@@ -394,29 +399,41 @@ def loss_terms(
 
 def _recon_metrics(x_hat: torch.Tensor, xs: torch.Tensor) -> dict[str, torch.Tensor]:
     """The batch's fvu, mean cosine of x and x_hat, and relative reconstruction bias
-    (saecommon.metrics.ReconStats states them)."""
+    (saecommon.metrics.ReconStats states them); of the global batch when it is split
+    over processes (torchsae.distributed)."""
+    total = distributed.all_sum
     dots = (xs * x_hat).sum(dim=1)
     norms = xs.norm(dim=1) * x_hat.norm(dim=1)
     safe = torch.where(norms > 0, norms, torch.ones((), dtype=norms.dtype))
+    cosines = torch.where(norms > 0, dots / safe, torch.zeros((), dtype=dots.dtype))
     return {
-        "fvu": ((x_hat - xs) ** 2).sum() / ((xs - xs.mean(0)) ** 2).sum(),
-        "cosine": torch.where(
-            norms > 0, dots / safe, torch.zeros((), dtype=dots.dtype)
-        ).mean(),
-        "relative_bias": (x_hat**2).sum() / dots.sum(),
+        "fvu": total(((x_hat - xs) ** 2).sum()) / _centered_square_sum(xs),
+        "cosine": total(cosines.sum()) / distributed.rows_total(xs.shape[0]),
+        "relative_bias": total((x_hat**2).sum()) / total(dots.sum()),
     }
+
+
+def _centered_square_sum(v: torch.Tensor) -> torch.Tensor:
+    """sum ||v_i - mean(v)||^2 over the (global) batch, without gradient flowing
+    in from other processes (a normaliser)."""
+    if distributed.current() is None:
+        return ((v - v.mean(0)) ** 2).sum()
+    mean = distributed.all_sum(v.sum(0)) / distributed.rows_total(v.shape[0])
+    return distributed.all_sum(((v - mean) ** 2).sum())
 
 
 def _aux_loss(e_hat, xs, x_hat, dead, train: DictTrainConfig) -> torch.Tensor:
     """AuxK (Gao et al. 2024): the dead latents' reconstruction e_hat (no b_dec) of
     the residual e = x - x_hat (no gradient), its squared error summed over the batch,
-    normalised as train.aux_normalization says, times min(dead / k_aux, 1)."""
+    normalised as train.aux_normalization says, times min(dead / k_aux, 1). Split
+    over W processes, a variance normaliser is the global batch's and this
+    process's error counts W times (torchsae.distributed's rule for ratios)."""
     e = (xs - x_hat).detach()
     err = ((e_hat - e) ** 2).sum()
     if train.aux_normalization == "x_variance":
-        err = err / ((xs - xs.mean(0)) ** 2).sum()
+        err = err * distributed.scale() / _centered_square_sum(xs)
     elif train.aux_normalization == "residual_variance":
-        err = err / ((e - e.mean(0)) ** 2).sum()
+        err = err * distributed.scale() / _centered_square_sum(e)
     else:
         err = err / xs.shape[0]
     scale = torch.clamp(dead.sum().to(xs.dtype) / train.aux_k, max=1.0)
@@ -456,15 +473,15 @@ def params_from_state_dict(state_dict, config: DictConfig, device="cpu"):
         return torch.tensor(np.asarray(state_dict[name]), device=device)
 
     params = {
-        k: tensor(k).requires_grad_() for k in ("W_enc", "b_enc", "W_dec", "b_dec")
+        k: torch.nn.Parameter(tensor(k)) for k in ("W_enc", "b_enc", "W_dec", "b_dec")
     }
     threshold = torch.zeros((), dtype=params["W_enc"].dtype, device=device)
     if config.activation == "jumprelu":
         theta = tensor("threshold")
         if config.threshold_param == "log":
-            params["log_threshold"] = theta.log().requires_grad_()
+            params["log_threshold"] = torch.nn.Parameter(theta.log())
         else:
-            params["threshold"] = theta.requires_grad_()
+            params["threshold"] = torch.nn.Parameter(theta)
     elif config.has_threshold:
         threshold = tensor("threshold")
     return params, threshold
@@ -520,19 +537,65 @@ def update_threshold(threshold: torch.Tensor, min_kept: torch.Tensor, beta: floa
     return torch.where(torch.isfinite(min_kept), moved, threshold).to(threshold.dtype)
 
 
-def make_train_step(config: DictConfig, train: DictTrainConfig):
+class _Objective(torch.nn.Module):
+    """``loss_terms`` as a module over the state's parameters (the same Parameter
+    objects), for DistributedDataParallel to wrap."""
+
+    def __init__(self, params: Params, config: DictConfig, train: DictTrainConfig):
+        super().__init__()
+        self.params = torch.nn.ParameterDict(params)
+        self.config, self.train = config, train
+
+    def forward(self, x, dead, sparsity_coefficient):
+        params = dict(self.params)
+        return loss_terms(
+            params, x, dead, sparsity_coefficient, self.config, self.train
+        )
+
+
+LOCAL_MEANS = ("recon", "sparsity", "aux", "l0", "loss")
+"""The metrics that are means over a process's rows (averaged over processes); the
+others are the global batch's already."""
+
+
+def make_train_step(
+    config: DictConfig,
+    train: DictTrainConfig,
+    split: distributed.Split | None = None,
+):
     """``step(state, x, coefficients) -> (state, metrics)`` (state updated in place).
     The order within a step: gradients; the parallel component of W_dec's gradient
     removed; clipping and Adam; the update; decoder rows renormalised; the batch
-    threshold and the dead-latent counters updated."""
+    threshold and the dead-latent counters updated.
+
+    With ``split`` (one of several processes, torchsae.distributed) ``x`` is this
+    process's rows of the global batch: the loss runs under DistributedDataParallel
+    (built on the first call, over the state's parameters), the rules over the
+    batch and the metrics see the global batch."""
     batch_rule = config.activation in ("batchtopk", "matryoshka")
+    wrapped = {}
+
+    def loss_of(state: DictState, x, dead, coefficient):
+        if split is None:
+            return loss_terms(state.params, x, dead, coefficient, config, train)
+        if "ddp" not in wrapped:
+            device = state.threshold.device
+            wrapped["ddp"] = torch.nn.parallel.DistributedDataParallel(
+                _Objective(state.params, config, train),
+                device_ids=[device.index] if device.type == "cuda" else None,
+            )
+        return wrapped["ddp"](x, dead, coefficient)
 
     def train_step(state: DictState, x: torch.Tensor, coefficients: Coefficients):
+        with distributed.batch_split(split) if split else contextlib.nullcontext():
+            return _train_step(state, x, coefficients)
+
+    def _train_step(state: DictState, x: torch.Tensor, coefficients: Coefficients):
         params = state.params
         dead = state.since_fired >= train.dead_tokens
         for p in params.values():
             p.grad = None
-        loss, terms = loss_terms(params, x, dead, coefficients.sparsity, config, train)
+        loss, terms = loss_of(state, x, dead, coefficients.sparsity)
         loss.backward()
         with torch.no_grad():
             if train.normalize_decoder:
@@ -552,11 +615,16 @@ def make_train_step(config: DictConfig, train: DictTrainConfig):
                 state.threshold = update_threshold(
                     state.threshold, terms["min_kept"], train.threshold_beta
                 )
-            since = torch.clamp(state.since_fired + x.shape[0], max=train.dead_tokens)
+            tokens = distributed.rows_total(x.shape[0])
+            since = torch.clamp(state.since_fired + tokens, max=train.dead_tokens)
             state.since_fired = torch.where(terms["fired"], 0, since)
         state.step += 1
         metrics = {k: terms[k].detach() for k in METRICS}
         metrics["loss"] = loss.detach()
+        if split is not None:
+            means = torch.stack([metrics[k] for k in LOCAL_MEANS])
+            means = distributed.all_sum(means) / split.size
+            metrics.update(zip(LOCAL_MEANS, means))
         metrics["dead_fraction"] = dead.to(x.dtype).mean()
         return state, metrics
 

@@ -17,6 +17,7 @@ from saecommon.checkpoint import CheckpointError
 from saecommon.dictionary import array_batch, array_start
 from saecommon.dictionary_config import DictConfig, DictTrainConfig
 from saecommon.schedules import coefficients
+from torchsae import distributed
 from torchsae.dictionary import (
     Coefficients,
     DictState,
@@ -125,7 +126,8 @@ def forward_numpy(state_dict, config: DictConfig, x: np.ndarray, device="cpu"):
 
 def backend(device="cpu") -> SimpleNamespace:
     """This module's functions bound to ``device``: what saecommon/dict_run.py's loop
-    calls."""
+    calls. In a process group of several processes (torchrun) the backend is one
+    process's part of a data parallel run (``split_backend``)."""
     here = sys.modules[__name__]
     names = (
         "FRAMEWORK",
@@ -141,13 +143,46 @@ def backend(device="cpu") -> SimpleNamespace:
     bound = {name: getattr(here, name) for name in names}
     for name in ("put", "init_state", "restore_train_state", "forward_numpy"):
         bound[name] = functools.partial(getattr(here, name), device=device)
+    split = distributed.world()
+    if split.size > 1:
+        bound.update(split_backend(split))
     return SimpleNamespace(**bound)
+
+
+def split_backend(split: distributed.Split) -> dict:
+    """What changes for process ``split.rank`` of ``split.size``: it reads its rows of
+    each global batch, trains under DistributedDataParallel with the batch rules on
+    the global batch (make_train_step's ``split``), stops when any process is asked
+    to, and writes nothing unless it is process 0."""
+
+    def check_batch(size: int) -> None:
+        distributed.check_batch_divides(size, split.size)
+
+    def batch_rows(size: int) -> tuple[int, int]:
+        rows = distributed.own_rows(size, split)
+        return rows.start, rows.stop
+
+    def split_step(config: DictConfig, train: DictTrainConfig):
+        check_batch(train.batch_size)
+        return make_train_step(config, train, split)
+
+    return {
+        "check_batch": check_batch,
+        "batch_rows": batch_rows,
+        "make_train_step": split_step,
+        "agree": distributed.any_process,
+        "writer": split.rank == 0,
+    }
 
 
 def train(run: dict_run.DictRun, out_dir: str, device="cpu", **options) -> dict:
     """Train ``run`` into ``out_dir`` on ``device``
-    (saecommon.dict_run.train_dictionary)."""
-    return dict_run.train_dictionary(backend(device), run, out_dir, **options)
+    (saecommon.dict_run.train_dictionary); one process's part of a data parallel
+    run in a process group of several (torchrun)."""
+    chosen = backend(device)
+    if hasattr(chosen, "check_batch"):
+        chosen.check_batch(run.train.batch_size)
+    return dict_run.train_dictionary(chosen, run, out_dir, **options)
 
 
 def train_array(

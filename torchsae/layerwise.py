@@ -13,6 +13,7 @@ import numpy as np
 from saecommon import layerwise
 from saecommon.data import PreparedData
 from saecommon.train_config import RunConfig
+from torchsae import distributed
 from torchsae.training import init_state_dict, train
 
 
@@ -30,7 +31,8 @@ def pretrain(
 ) -> dict[str, list[dict]]:
     """Pretrain ``run``'s mlp layer by layer, then fine-tune it; one run directory per
     stage under ``out_dir`` and the final model.safetensors; returns each stage's
-    history. See saecommon/layerwise.py for the stages and ``resume``."""
+    history. See saecommon/layerwise.py for the stages and ``resume``. In a process
+    group of several processes (torchrun) every stage trains data parallel."""
     return layerwise.pretrain(
         run,
         out_dir,
@@ -41,4 +43,6 @@ def pretrain(
         progress=progress,
         init=init,
         overwrite=overwrite,
+        writer=distributed.world().rank == 0,
+        barrier=distributed.barrier,
     )

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 
 from saecommon.config import REDUCTIONS, SAEConfig, check_rho
+from torchsae.distributed import rows_total, sum_rows
 
 
 def l1_penalty(activations: Sequence[torch.Tensor], weight: float) -> torch.Tensor:
@@ -42,7 +43,8 @@ def kl_penalty(
 def _kl_penalty(code, rho, weight, reduction, eps):
     """:func:`kl_penalty` without its checks (the model's path, from a validated
     config)."""
-    rho_hat = code.mean(dim=0).clamp(eps, 1 - eps)
+    # over the global batch when it is split over processes (torchsae.distributed)
+    rho_hat = (sum_rows(code) / rows_total(code.shape[0])).clamp(eps, 1 - eps)
     kl = kl_divergence(rho, rho_hat)
     return weight * (kl.sum() if reduction == "sum" else kl.mean())
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 
 from saecommon.config import SAEConfig, check_topk, lifetime_count, resolve_lifetime_k
+from torchsae.distributed import gather_rows, local_part, rows_total
 
 
 def _first_k_mask(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -89,8 +90,10 @@ def sparsity_mask(code: torch.Tensor, config: SAEConfig, train: bool) -> torch.T
             mask, code, torch.zeros((), dtype=code.dtype, device=code.device)
         )
     if train and (config.lifetime_k is not None or config.lifetime_rate is not None):
-        k = lifetime_count(code.shape[0], config.lifetime_k, config.lifetime_rate)
-        mask = mask & _lifetime_mask(code, k)
+        # over the global batch when it is split over processes (torchsae.distributed)
+        n = code.shape[0]
+        k = lifetime_count(rows_total(n), config.lifetime_k, config.lifetime_rate)
+        mask = mask & local_part(_lifetime_mask(gather_rows(code), k), n)
     return mask
 
 

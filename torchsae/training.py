@@ -11,12 +11,15 @@ would. The short last batch of an epoch is dropped, as in jaxsae.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
 from collections.abc import Callable, Collection, Mapping
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from saecommon import rundir
 from saecommon.checkpoint import CheckpointError, check_frozen, check_state_dict
@@ -26,6 +29,7 @@ from saecommon.metrics import CodeStats
 from saecommon.recorder import RunRecorder, check_batch_size
 from saecommon.schedules import cosine_lr, epoch_order
 from saecommon.train_config import RunConfig, TrainConfig
+from torchsae import distributed
 from torchsae.checkpoint import save_checkpoint, to_state_dict
 from torchsae.evaluation import encode
 from torchsae.losses import loss_terms
@@ -106,6 +110,18 @@ def _forward(model: Autoencoder, inputs: torch.Tensor, precision: str):
     )
 
 
+class _Forward(torch.nn.Module):
+    """``_forward`` as a module, for DistributedDataParallel to wrap (its gradient
+    averaging is armed by its own forward call)."""
+
+    def __init__(self, model: Autoencoder, precision: str):
+        super().__init__()
+        self.model, self.precision = model, precision
+
+    def forward(self, inputs: torch.Tensor):
+        return _forward(self.model, inputs, self.precision)
+
+
 def make_train_step(
     config: SAEConfig,
     tcfg: TrainConfig,
@@ -114,6 +130,7 @@ def make_train_step(
     pixel_range=(0.0, 1.0),
     total_steps: int = 0,
     compile: bool = False,
+    split: distributed.Split | None = None,
 ) -> Callable:
     """``train_step(batch [batch, input], generator, step) -> metrics [4]`` (recon,
     penalty, loss, l0 as one device tensor; no host sync). ``step`` counts updates done
@@ -122,10 +139,22 @@ def make_train_step(
 
     The forward pass runs at ``tcfg.precision`` (``_forward``); the loss, gradients,
     parameters and optimizer state are float32 either way, and so is evaluation
-    (``eval_metrics``)."""
+    (``eval_metrics``).
+
+    With ``split`` (several processes, torchsae.distributed) ``batch`` is the global
+    batch, noised whole (the same noise as one process draws), and this process
+    trains on its rows of it: the model runs under DistributedDataParallel, the
+    rules over the batch inside ``batch_split``; the metrics are this process's."""
+    forward = functools.partial(_forward, model, precision=tcfg.precision)
+    if split is not None:
+        device = next(model.parameters()).device
+        forward = DistributedDataParallel(
+            _Forward(model, tcfg.precision),
+            device_ids=[device.index] if device.type == "cuda" else None,
+        )
 
     def objective(inputs, batch):
-        out = _forward(model, inputs, tcfg.precision)
+        out = forward(inputs)
         terms = loss_terms(out, batch, config)  # the target is the clean input
         l0 = (out.code != 0).sum(dim=1).to(batch.dtype).mean()
         return terms["loss"], torch.stack(
@@ -140,8 +169,12 @@ def make_train_step(
             for group in optimizer.param_groups:
                 group["lr"] = cosine_lr(tcfg.learning_rate, step, total_steps)
         inputs = corrupt(batch, generator, tcfg, pixel_range)
+        if split is not None:  # this process's rows of the global batch
+            rows = distributed.own_rows(batch.shape[0], split)
+            inputs, batch = inputs[rows], batch[rows]
         optimizer.zero_grad(set_to_none=True)
-        loss, metrics = objective(inputs, batch)
+        with distributed.batch_split(split) if split else contextlib.nullcontext():
+            loss, metrics = objective(inputs, batch)
         loss.backward()
         optimizer.step()
         return metrics.detach()
@@ -266,11 +299,24 @@ def train(
     layers ("encoder.0", ...) keep their initial weights: ``requires_grad=False`` and
     left out of the optimizer, so they get no update, no weight decay and no state.
 
+    In a process group of several processes (torchrun; torchsae.distributed) the run
+    is data parallel: every process takes its rows of each global batch of
+    ``batch_size``, DistributedDataParallel averages the gradients, the rules over
+    the batch see the global batch, and process 0 alone writes the run directory.
+    It trains what one process trains on the same batches.
+
     A folder that holds a run is refused unless ``overwrite`` or ``resume``
     (``saecommon.rundir.check_out_dir``); Ctrl-C raises ``TrainingInterrupted``
     saying where it stopped and what is saved."""
     mcfg, tcfg = run.model, run.train
     check_frozen(frozen, mcfg)
+    split = distributed.world()
+    if split.size > 1:
+        distributed.check_batch_divides(tcfg.batch_size, split.size)
+        if compile:
+            raise ValueError(
+                "torch.compile is not used with several processes; leave out compile"
+            )
     rundir.check_out_dir(out_dir, resume=resume, overwrite=overwrite)
     data = prepare_data(run) if data is None else data
     check_batch_size(tcfg, data)
@@ -291,10 +337,23 @@ def train(
             trained.append(param)
     optimizer = make_optimizer(tcfg, trained)
     train_step = make_train_step(
-        mcfg, tcfg, model, optimizer, data.pixel_range, total_steps, compile
+        mcfg,
+        tcfg,
+        model,
+        optimizer,
+        data.pixel_range,
+        total_steps,
+        compile,
+        split if split.size > 1 else None,
     )
     recorder = RunRecorder(
-        run, out_dir, FRAMEWORK, data, resume=resume, progress=progress
+        run,
+        out_dir,
+        FRAMEWORK,
+        data,
+        resume=resume,
+        progress=progress and split.rank == 0,
+        writer=split.rank == 0,
     )
     if recorder.resumed is not None:
         arrays, meta = recorder.resumed
@@ -307,48 +366,53 @@ def train(
         split: torch.from_numpy(getattr(data, split)).to(device)
         for split in recorder.eval_splits
     }
-    try:
-        for epoch in range(recorder.first_epoch, tcfg.epochs):
-            recorder.begin_epoch(epoch)
-            first_step = epoch * steps_per_epoch
-            lr = optimizer.param_groups[0]["lr"]
-            if tcfg.schedule == "cosine":
-                lr = cosine_lr(tcfg.learning_rate, first_step, total_steps)
-            model.train()
-            generator = torch.Generator(device).manual_seed(
-                epoch_seed(tcfg.seed, epoch)
-            )
-            step_metrics = train_epoch(
-                train_step,
-                train_x,
-                tcfg.batch_size,
-                generator,
-                first_step,
-                tcfg.shuffle,
-                epoch_order(tcfg, epoch, train_x.shape[0]),
-                recorder.step_done,
-            )
-            model.eval()
-            row = recorder.row(
-                epoch,
-                lr,
-                step_metrics,
-                lambda split: eval_metrics(model, eval_x[split], tcfg.eval_batch_size),
-            )
-            new_lr = recorder.next_lr(row, lr)
-            for group in optimizer.param_groups:
-                group["lr"] = new_lr
-            arrays, param_groups = _state_arrays(model, optimizer)
-            recorder.save(
-                row,
-                arrays,
-                lambda path: save_checkpoint(path, model),
-                param_groups=json.loads(json.dumps(param_groups)),
-            )
-    except KeyboardInterrupt:
-        raise recorder.interrupted() from None
-    finally:
-        recorder.close()
+    with recorder.interrupts():
+        try:
+            for epoch in range(recorder.first_epoch, tcfg.epochs):
+                recorder.begin_epoch(epoch)
+                first_step = epoch * steps_per_epoch
+                lr = optimizer.param_groups[0]["lr"]
+                if tcfg.schedule == "cosine":
+                    lr = cosine_lr(tcfg.learning_rate, first_step, total_steps)
+                model.train()
+                generator = torch.Generator(device).manual_seed(
+                    epoch_seed(tcfg.seed, epoch)
+                )
+                step_metrics = train_epoch(
+                    train_step,
+                    train_x,
+                    tcfg.batch_size,
+                    generator,
+                    first_step,
+                    tcfg.shuffle,
+                    epoch_order(tcfg, epoch, train_x.shape[0]),
+                    recorder.step_done,
+                )
+                step_metrics = distributed.mean_over_processes(step_metrics, split)
+                model.eval()
+                row = recorder.row(
+                    epoch,
+                    lr,
+                    step_metrics,
+                    lambda split: eval_metrics(
+                        model, eval_x[split], tcfg.eval_batch_size
+                    ),
+                )
+                # (process 0's choice: evaluations on GPUs may differ in the last bit)
+                new_lr = distributed.broadcast_float(recorder.next_lr(row, lr), split)
+                for group in optimizer.param_groups:
+                    group["lr"] = new_lr
+                arrays, param_groups = _state_arrays(model, optimizer)
+                recorder.save(
+                    row,
+                    arrays,
+                    lambda path: save_checkpoint(path, model),
+                    param_groups=json.loads(json.dumps(param_groups)),
+                )
+        except KeyboardInterrupt:
+            raise recorder.interrupted() from None
+        finally:
+            recorder.close()
     model.eval()
     recorder.finish(
         lambda x: encode(model, x, batch_size=tcfg.eval_batch_size),
