@@ -384,7 +384,7 @@ def loss_terms(
         else:
             x_hat = _mm(z, params["W_dec"], train.precision) + params["b_dec"]
             recon = ((x_hat - xs) ** 2).sum() / n
-        fired = distributed.all_sum((z != 0).sum(dim=0)) > 0
+        fired = distributed.any_rows(z != 0)
         l0 = (z != 0).to(xs.dtype).sum() / n
         if aux_on:
             a_mask = aux_mask(acts.detach(), dead, train.aux_k)

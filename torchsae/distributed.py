@@ -165,6 +165,13 @@ def all_sum(x: torch.Tensor) -> torch.Tensor:
     return total
 
 
+def any_rows(mask: torch.Tensor) -> torch.Tensor:
+    """Bool [columns]: true where some row of the global batch of ``mask`` is."""
+    if current() is None:
+        return mask.any(dim=0)
+    return all_sum(mask.sum(dim=0)) > 0
+
+
 def rows_total(n: int) -> int:
     """The global batch's rows when each process holds ``n``."""
     split = current()
