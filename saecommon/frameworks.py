@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import os
 from collections.abc import Callable
 from types import ModuleType, SimpleNamespace
 
@@ -29,6 +30,36 @@ FRAMEWORKS = ("jax", "torch")
 
 class DeviceError(ValueError):
     """The framework cannot run on the device asked for."""
+
+
+LAUNCHERS = {
+    "torch": ("WORLD_SIZE", "torchrun"),
+    "jax": ("JAX_COORDINATOR_ADDRESS", "jax.distributed"),
+}
+"""The environment variable by which each framework's launcher makes a process one
+of several (torchrun sets WORLD_SIZE; jaxsae.distributed reads
+JAX_COORDINATOR_ADDRESS), and the launcher's name."""
+
+
+def _launched_by(name: str, environ) -> bool:
+    value = environ.get(LAUNCHERS[name][0], "")
+    return value not in ("", "1") if name == "torch" else bool(value)
+
+
+def check_launcher(name: str, environ=os.environ) -> None:
+    """DeviceError when the other framework's launcher started this process as one
+    of several and ``name``'s did not: each process would train alone, all of them
+    writing one run folder."""
+    other = "torch" if name == "jax" else "jax"
+    if _launched_by(other, environ) and not _launched_by(name, environ):
+        variable, launcher = LAUNCHERS[other]
+        raise DeviceError(
+            f"this process is one of several started by {launcher} "
+            f"({variable}={environ[variable]}), which {name} does not join: each "
+            f"would train alone into the same folder. Train with --framework "
+            f"{other}, or start {name}'s processes with {LAUNCHERS[name][1]} "
+            f"({LAUNCHERS[name][0]})"
+        )
 
 
 def parse_device(device: str) -> tuple[str, int | None]:
@@ -158,6 +189,7 @@ def load(name: str, device: str | None = None) -> Framework:
     "cuda:1", ...; default: the framework's best, see the module docstring). A device
     it cannot reach is a DeviceError."""
     check_choice("framework", name, FRAMEWORKS)
+    check_launcher(name)
     if name == "jax":
         import jax
 

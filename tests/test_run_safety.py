@@ -270,6 +270,34 @@ def test_a_device_the_framework_cannot_reach_is_one_line():
         frameworks.load("jax", "cpu:3")
 
 
+def test_a_process_of_the_other_frameworks_launcher_is_refused(tmp_path, capsys):
+    """train.py started by torchrun with --framework jax (or by jax.distributed's
+    variables with torch) would train alone in every process into one folder."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import train as train_script
+
+    for variables, framework, launcher in (
+        ({"WORLD_SIZE": "2", "RANK": "0"}, "jax", "torchrun"),
+        ({"JAX_COORDINATOR_ADDRESS": "127.0.0.1:1"}, "torch", "jax.distributed"),
+    ):
+        with pytest.MonkeyPatch.context() as env:
+            for name, value in variables.items():
+                env.setenv(name, value)
+            argv = ["--framework", framework, "--out", str(tmp_path / framework)]
+            assert train_script.main([*argv, "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1
+        assert f"one of several started by {launcher}" in err
+        assert (
+            f"Train with --framework {'torch' if framework == 'jax' else 'jax'}" in err
+        )
+        assert not (tmp_path / framework).exists()
+    frameworks.check_launcher("jax", {"WORLD_SIZE": "1"})  # torchrun, one process
+    both = {"WORLD_SIZE": "2", "JAX_COORDINATOR_ADDRESS": "h:1"}
+    frameworks.check_launcher("jax", both)  # each joins its own
+    frameworks.check_launcher("torch", both)
+
+
 def run_main(argv, capsys):
     main = runpy.run_path(str(ROOT / "scripts" / "train.py"))["main"]
     code = main(argv)
