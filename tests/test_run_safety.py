@@ -298,6 +298,16 @@ def test_a_process_of_the_other_frameworks_launcher_is_refused(tmp_path, capsys)
     frameworks.check_launcher("torch", both)
 
 
+def test_torchrun_with_more_processes_than_gpus_says_so(monkeypatch):
+    from torchsae import distributed
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(distributed.torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ValueError, match="process 1 needs a GPU of its own, but"):
+        distributed.init_from_env("cuda")
+
+
 def run_main(argv, capsys):
     main = runpy.run_path(str(ROOT / "scripts" / "train.py"))["main"]
     code = main(argv)

@@ -72,7 +72,14 @@ def init_from_env(device: str) -> str:
         return device
     cuda = device.startswith("cuda")
     if cuda:
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        if local >= torch.cuda.device_count():
+            raise ValueError(
+                f"this host's process {local} needs a GPU of its own, but torch sees "
+                f"{torch.cuda.device_count()}: start at most that many processes per "
+                "host (--nproc_per_node), or train on the CPU (--device cpu)"
+            )
+        device = f"cuda:{local}"
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if cuda else "gloo")
