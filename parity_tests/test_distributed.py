@@ -6,8 +6,8 @@ count) to the weights of an uninterrupted run.
 
 The runs are the real commands (scripts/train.py, scripts/train_sae.py) started by
 tests/distributed_driver.py: an MLP with top-k, lifetime top-k and KL (rules over the
-global batch), a greedy layer-wise pretraining of a 2-layer MLP (every stage on
-every process), a conv model with L1 on every hidden layer (torch), and TopK with
+global batch), a greedy layer-wise pretraining of a 2-layer denoising MLP (every
+stage on every process; the noise drawn for the global batch), a conv model with L1 on every hidden layer (torch), and TopK with
 AuxK (x_variance), BatchTopK with AuxK (residual_variance) and JumpReLU dictionaries,
 all from the same initial weights (numpy-drawn, or the dictionary's numpy init) and
 the same numpy-drawn order. The conv model trains with SGD: Adam's first steps
@@ -121,7 +121,8 @@ def jobs(base: pathlib.Path, out: pathlib.Path, framework: str) -> list:
         "--hidden-dims", "12,8", "--activation", "relu", "--penalty", "l1",
         "--penalty-weight", "0.01", "--layerwise-epochs", "1,1", "--epochs", "1",
         "--batch-size", "16", "--seed", "3", "--shuffle-source", "numpy",
-        "--optimizer", "sgd", "--learning-rate", "0.05",
+        "--optimizer", "sgd", "--learning-rate", "0.05", "--noise", "gaussian",
+        "--noise-std", "0.1",
     ]  # fmt: skip
     found = [
         ["train", [*mlp, *common, "--out", str(out / "mlp")]],
