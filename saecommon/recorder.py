@@ -10,6 +10,7 @@ import dataclasses
 import math
 import os
 import signal
+import sys
 import threading
 import time
 import warnings
@@ -238,7 +239,8 @@ class RunRecorder:
         """While active, Ctrl-C raises KeyboardInterrupt as usual and is also
         remembered: one that lands where Python drops exceptions (a garbage
         collector callback of JAX's, between two steps) is raised again at the next
-        epoch boundary instead of being lost. A SIGINT that was ignored (a
+        epoch boundary instead of being lost, and Python's "Exception ignored"
+        report of it is left out (the Ctrl-C still ends in one line). A SIGINT that was ignored (a
         background job) stays ignored; off the main thread nothing changes."""
         main = threading.current_thread() is threading.main_thread()
         if not main or signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
@@ -249,11 +251,20 @@ class RunRecorder:
             self.sigint = True
             raise KeyboardInterrupt
 
-        previous = signal.signal(signal.SIGINT, handle)
+        def unraisable(info):  # Python's report of the dropped one: not a traceback
+            if not (self.sigint and isinstance(info.exc_value, KeyboardInterrupt)):
+                previous_hook(info)
+
+        previous, previous_hook = (
+            signal.signal(signal.SIGINT, handle),
+            sys.unraisablehook,
+        )
+        sys.unraisablehook = unraisable
         try:
             yield
         finally:
             signal.signal(signal.SIGINT, previous)
+            sys.unraisablehook = previous_hook
 
     def _raise_lost_interrupt(self) -> None:
         if self.sigint:

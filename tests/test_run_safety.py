@@ -136,32 +136,41 @@ def test_an_interruption_says_the_step_and_the_checkpoint(tmp_path, monkeypatch)
     assert len(rundir.read_history(tmp_path)) == 1
 
 
+class _CtrlCWhenCollected:
+    """Its ``__del__`` gets a Ctrl-C: Python drops the KeyboardInterrupt raised there
+    and reports it as "Exception ignored in", as it does in JAX's gc callback."""
+
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.5)  # the handler runs here and raises
+
+
 def test_a_ctrl_c_that_python_drops_still_stops_at_the_next_epoch(
     framework, tmp_path, monkeypatch
 ):
-    """A SIGINT whose KeyboardInterrupt is swallowed (as in a garbage-collector
-    callback of JAX's, where Python drops exceptions) is not lost: training stops at
-    the next epoch boundary, and the handler before training is back after."""
+    """A SIGINT whose KeyboardInterrupt Python drops (raised in a ``__del__`` or a
+    garbage-collector callback) is not lost: training stops at the next epoch
+    boundary, with no "Exception ignored" traceback, and the handlers before
+    training are back after."""
     original = recorder.RunRecorder.save
 
     def save_then_lose_a_ctrl_c(self, row, *args, **kwargs):
         original(self, row, *args, **kwargs)
         if row["epoch"] == 1:
-            try:
-                os.kill(os.getpid(), signal.SIGINT)
-                time.sleep(0.5)  # the handler runs here and raises
-            except KeyboardInterrupt:
-                pass  # dropped, as a gc callback would drop it
+            _CtrlCWhenCollected()  # collected at once
 
     monkeypatch.setattr(recorder.RunRecorder, "save", save_then_lose_a_ctrl_c)
-    before = signal.getsignal(signal.SIGINT)
+    reported = []  # what would print "Exception ignored in ..."
+    monkeypatch.setattr(sys, "unraisablehook", reported.append)
+    before = signal.getsignal(signal.SIGINT), sys.unraisablehook
     with pytest.raises(recorder.TrainingInterrupted, match="in epoch 2 of 4"):
         trainer(framework)(
             run_config(epochs=4), tmp_path / "run", data=synthetic_data(),
             progress=False,
         )  # fmt: skip
-    assert signal.getsignal(signal.SIGINT) is before
+    assert (signal.getsignal(signal.SIGINT), sys.unraisablehook) == before
     assert len(rundir.read_history(tmp_path / "run")) == 1
+    assert not [r for r in reported if isinstance(r.exc_value, KeyboardInterrupt)]
 
 
 def test_resume_refuses_fewer_epochs_and_a_finished_run(framework, tmp_path):
