@@ -14,7 +14,6 @@ from types import ModuleType, SimpleNamespace
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxsae import distributed
@@ -108,10 +107,8 @@ def backend(mesh: tuple[int, int] | None = None) -> ModuleType | SimpleNamespace
     its functions over a ``Mesh`` of data * model devices (``mesh_backend``). Started
     as one of several processes (jaxsae.distributed), the default mesh is data
     parallel over every device of every process."""
-    here = sys.modules[__name__]
-    if mesh is None and jax.process_count() > 1:
-        mesh = (jax.device_count(), 1)
-    return here if mesh is None else mesh_backend(mesh)
+    mesh = distributed.default_mesh(mesh)
+    return sys.modules[__name__] if mesh is None else mesh_backend(mesh)
 
 
 # ------------------------------------------------------------------- several devices
@@ -173,19 +170,13 @@ def mesh_backend(shape: tuple[int, int]) -> SimpleNamespace:
 
     def batch_rows(size: int):
         check_batch(size)
-        return distributed.batch_rows(batch, size, 1)
+        return distributed.batch_rows(batch, size)
 
     def put(x: np.ndarray) -> jax.Array:  # this process's rows of a checked batch
         return distributed.from_rows(x, batch, sizes.get("batch", len(x)))
 
     def placed(state: DictState) -> DictState:
         return distributed.to_mesh(state, state_sharding(state, mesh))
-
-    def agree(flag: bool) -> bool:
-        if jax.process_count() == 1:
-            return bool(flag)
-        flags = multihost_utils.process_allgather(np.asarray(bool(flag)))
-        return bool(np.any(flags))
 
     def sharded_step(config: DictConfig, train: DictTrainConfig):
         check_batch(train.batch_size)
@@ -217,7 +208,7 @@ def mesh_backend(shape: tuple[int, int]) -> SimpleNamespace:
         **{name: getattr(here, name) for name in same},
         mesh=mesh,
         writer=distributed.is_writer(),
-        agree=agree,
+        agree=distributed.any_process,
         check_batch=check_batch,
         batch_rows=batch_rows,
         put=put,
@@ -236,11 +227,8 @@ def train(
     **options,
 ) -> dict:
     """Train ``run`` into ``out_dir`` (saecommon.dict_run.train_dictionary); with
-    ``mesh`` = (data, model), on that many local devices (``mesh_backend``)."""
-    chosen = backend(mesh)
-    if mesh is not None:
-        chosen.check_batch(run.train.batch_size)
-    return dict_run.train_dictionary(chosen, run, out_dir, **options)
+    ``mesh`` = (data, model), on that many devices (``mesh_backend``)."""
+    return dict_run.train_dictionary(backend(mesh), run, out_dir, **options)
 
 
 def train_array(

@@ -50,6 +50,21 @@ def init_from_env() -> None:
     )
 
 
+def default_mesh(mesh: tuple[int, int] | None) -> tuple[int, int] | None:
+    """``mesh``, or when there is none and this is one of several processes, data
+    parallel over every device of every process (the trainers' default)."""
+    if mesh is None and jax.process_count() > 1:
+        return (jax.device_count(), 1)
+    return mesh
+
+
+def any_process(flag: bool) -> bool:
+    """Whether ``flag`` is set on some process (every process calls this)."""
+    if jax.process_count() == 1:
+        return bool(flag)
+    return bool(np.any(multihost_utils.process_allgather(np.asarray(bool(flag)))))
+
+
 def is_writer() -> bool:
     """Whether this process writes files (process 0)."""
     return jax.process_index() == 0
@@ -74,9 +89,10 @@ def fetch(tree):
     return jax.tree.map(whole, tree)
 
 
-def batch_rows(sharding: jax.sharding.Sharding, batch_size: int, d_in: int):
-    """(lo, hi): the rows of a global [batch_size, d_in] batch that this process's
-    devices hold under ``sharding``; None when they hold all of it."""
+def batch_rows(sharding: jax.sharding.Sharding, batch_size: int):
+    """(lo, hi): the rows of a global batch of ``batch_size`` rows that this
+    process's devices hold under ``sharding`` (split on its first axis); None when
+    they hold all of it."""
     rows = sorted(
         {
             (
@@ -84,7 +100,7 @@ def batch_rows(sharding: jax.sharding.Sharding, batch_size: int, d_in: int):
                 batch_size if index[0].stop is None else index[0].stop,
             )
             for index in sharding.addressable_devices_indices_map(
-                (batch_size, d_in)
+                (batch_size, 1)
             ).values()
         }
     )

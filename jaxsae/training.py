@@ -32,7 +32,7 @@ from saecommon.checkpoint import CheckpointError, check_frozen
 from saecommon.config import SAEConfig
 from saecommon.data import PreparedData, prepare_data
 from saecommon.metrics import CodeStats
-from saecommon.recorder import RunRecorder, check_batch_size
+from saecommon.recorder import RunRecorder, check_batch_size, check_batch_splits
 from saecommon.schedules import epoch_order
 from saecommon.train_config import RunConfig, TrainConfig
 
@@ -173,7 +173,7 @@ def make_train_epoch(
     ``on_step(done, steps)`` on the host after each step (``jax.debug.callback``:
     progress inside long epochs, at the cost of a host call per step). With
     ``batch_sharding`` each gathered minibatch is laid out so (split over a mesh's
-    "data" axis: ``mesh_train``)."""
+    "data" axis: ``mesh_placement``)."""
     hook: dict[str, Callable | None] = {"on_step": None}
 
     def report(done, steps, _loss):
@@ -318,7 +318,8 @@ MESH_AXES = ("data", "model")
 
 
 def make_mesh(shape: tuple[int, int]) -> Mesh:
-    """A (data, model) ``Mesh`` over the first data * model local devices."""
+    """A (data, model) ``Mesh`` over the first data * model devices (of every
+    process: ``jax.devices()``, in process order)."""
     data, model = shape
     devices = jax.devices()
     if data < 1 or model < 1 or data * model > len(devices):
@@ -332,20 +333,21 @@ def make_mesh(shape: tuple[int, int]) -> Mesh:
 
 def check_batch_divides(batch_size: int, mesh: tuple[int, int]) -> None:
     """ValueError unless the batch splits evenly over the mesh's data axis."""
-    if batch_size % mesh[0]:
-        raise ValueError(
-            f"batch_size {batch_size} does not divide by the {mesh[0]} devices of the "
-            "mesh's data axis; give a batch size that does, or fewer devices "
-            "(--devices, --mesh)"
-        )
+    check_batch_splits(
+        batch_size,
+        mesh[0],
+        "devices of the mesh's data axis",
+        "fewer devices (--devices, --mesh)",
+    )
 
 
 def mesh_placement(mesh: tuple[int, int] | None, batch_size: int):
     """(place, batch_sharding) for data-parallel training on a (devices, 1) mesh:
     ``place`` replicates an array tree over the mesh, ``batch_sharding`` splits a
     minibatch over its "data" axis; on one device (``mesh`` None) place puts it on
-    the default device and there is no batch sharding. The top-k is traced without its CPU
-    barrier on a mesh (``top_k_unfenced``: XLA's partitioner cannot split one)."""
+    the default device and there is no batch sharding. The top-k is traced without
+    its CPU barrier on a mesh (``top_k_unfenced``: XLA's partitioner cannot split
+    one)."""
     if mesh is None:
         return jax.device_put, None
     if mesh[1] != 1:
@@ -393,8 +395,7 @@ def train(
     saying where it stopped and what is saved."""
     mcfg, tcfg = run.model, run.train
     check_frozen(frozen, mcfg)
-    if mesh is None and jax.process_count() > 1:
-        mesh = (jax.device_count(), 1)
+    mesh = distributed.default_mesh(mesh)
     writer = distributed.is_writer()
     progress = progress and writer
     rundir.check_out_dir(out_dir, resume=resume, overwrite=overwrite)

@@ -140,12 +140,14 @@ def train_dictionary(
     """Train (or continue) ``run`` in ``out_dir`` with ``backend`` (jaxsae's or
     torchsae's dictionary_training module). Returns the summary.
 
-    A backend of one of several processes (data parallel) says so with ``writer``
-    (False but in process 0: it writes nothing), ``batch_rows(batch_size)`` (the
-    rows of each global batch this process reads, or None for all) and
-    ``agree(flag)`` (whether any process raised ``flag``: a Ctrl-C stops them
-    all at the same step)."""
+    A backend over several devices or processes (data parallel) says so with
+    ``check_batch(batch_size)`` (a ValueError, checked first, unless the batch
+    splits evenly), ``writer`` (False but in process 0: it writes nothing),
+    ``batch_rows(batch_size)`` (the rows of each global batch this process reads,
+    or None for all) and ``agree(flag)`` (whether any process raised ``flag``: a
+    Ctrl-C stops them all at the same step)."""
     out_dir = os.fspath(out_dir)
+    getattr(backend, "check_batch", lambda size: None)(run.train.batch_size)
     writer = getattr(backend, "writer", True)
     progress = progress and writer
     # A run that --overwrite replaces stays whole until the new one's first save.

@@ -50,6 +50,17 @@ class DeadCodeWarning(RuntimeWarning):
     by a dead inner layer): the code collapsed and the decoder gives one picture."""
 
 
+def check_batch_splits(batch_size: int, parts: int, what: str, fewer: str) -> None:
+    """A ValueError unless a global batch splits evenly into ``parts`` (the ``what``
+    it is split over: devices of a mesh's data axis, processes); ``fewer`` says how
+    to ask for fewer of them."""
+    if batch_size % parts:
+        raise ValueError(
+            f"batch_size {batch_size} does not divide by the {parts} {what}; give a "
+            f"batch size that does, or {fewer}"
+        )
+
+
 def check_batch_size(train: TrainConfig, data: PreparedData) -> None:
     """Every epoch needs one full batch (the short last batch is dropped): a
     ValueError, before anything is built, when the training split is smaller."""

@@ -307,6 +307,18 @@ def test_a_process_of_the_other_frameworks_launcher_is_refused(tmp_path, capsys)
     frameworks.check_launcher("torch", both)
 
 
+def test_a_batch_that_does_not_split_over_the_processes_is_refused():
+    from torchsae import distributed
+
+    with pytest.raises(
+        ValueError,
+        match=r"batch_size 15 does not divide by the 2 "
+        r"processes; .* fewer processes \(--nproc_per_node\)",
+    ):
+        distributed.check_batch_divides(15, 2)
+    distributed.check_batch_divides(16, 2)
+
+
 def test_torchrun_with_more_processes_than_gpus_says_so(monkeypatch):
     from torchsae import distributed
 

@@ -179,10 +179,7 @@ def train(run: dict_run.DictRun, out_dir: str, device="cpu", **options) -> dict:
     """Train ``run`` into ``out_dir`` on ``device``
     (saecommon.dict_run.train_dictionary); one process's part of a data parallel
     run in a process group of several (torchrun)."""
-    chosen = backend(device)
-    if hasattr(chosen, "check_batch"):
-        chosen.check_batch(run.train.batch_size)
-    return dict_run.train_dictionary(chosen, run, out_dir, **options)
+    return dict_run.train_dictionary(backend(device), run, out_dir, **options)
 
 
 def train_array(

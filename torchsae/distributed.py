@@ -38,6 +38,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from saecommon.recorder import check_batch_splits
+
 
 class Split(NamedTuple):
     """This process's place in the global batch: rank of size processes."""
@@ -88,10 +90,9 @@ def init_from_env(device: str) -> str:
 
 def check_batch_divides(batch_size: int, size: int) -> None:
     """ValueError unless a global batch splits evenly over ``size`` processes."""
-    if batch_size % size:
-        raise ValueError(
-            f"batch_size {batch_size} does not divide by the {size} processes"
-        )
+    check_batch_splits(
+        batch_size, size, "processes", "fewer processes (--nproc_per_node)"
+    )
 
 
 def own_rows(batch_size: int, split: Split | None = None) -> slice:
