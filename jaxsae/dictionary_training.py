@@ -27,7 +27,7 @@ from jaxsae.dictionary import (
     to_state_dict,
 )
 from jaxsae.mesh_select import latents_sharded
-from jaxsae.sparsity import top_k_unfenced
+from jaxsae.sparsity import for_partitioner
 from jaxsae.training import (
     _restore_state,
     _state_arrays,
@@ -189,9 +189,9 @@ def mesh_backend(shape: tuple[int, int]) -> SimpleNamespace:
                 jitted["step"] = jax.jit(
                     step.__wrapped__, donate_argnums=0, out_shardings=layout
                 )
-            # Traced (on the first call) without the top-k barrier, and with TopK,
+            # Traced (on the first call) for XLA's partitioner, and with TopK,
             # BatchTopK and AuxK selecting shard by shard (jaxsae.mesh_select).
-            with top_k_unfenced(), latents_sharded(mesh):
+            with for_partitioner(), latents_sharded(mesh):
                 return jitted["step"](state, x, coefficients)
 
         return step_on_the_mesh

@@ -58,6 +58,7 @@ __all__ = [
     "flat_first_k_mask",
     "latent_sum",
     "latents_sharded",
+    "relu_top_k",
     "top_k",
 ]
 
@@ -106,6 +107,14 @@ def top_k(x: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
 
     spec = P("data", None)
     return jax.shard_map(local, mesh=mesh, in_specs=_BLOCKS, out_specs=(spec, spec))(x)
+
+
+def relu_top_k(x: jax.Array, bias: jax.Array, k: int) -> jax.Array:
+    """``sparsity.relu_top_k``: the indices [tokens, k] of the k largest entries of
+    each row of relu(x + bias) (no gradient), as ``top_k`` orders them."""
+    if _mesh_for(*x.shape) is None:
+        return sparsity.relu_top_k(x, bias, k)
+    return top_k(jax.nn.relu(jax.lax.stop_gradient(x + bias)), k)[1]
 
 
 def first_k_mask(x: jax.Array, k: int) -> jax.Array:

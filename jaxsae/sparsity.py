@@ -19,32 +19,53 @@ import contextvars
 import jax
 import jax.numpy as jnp
 
+from jaxsae import cpu_kernels
 from saecommon.config import SAEConfig, check_topk, lifetime_count, resolve_lifetime_k
 
-_TOP_K_BARRIER = contextvars.ContextVar("top_k_barrier", default=True)
+_FOR_PARTITIONER = contextvars.ContextVar("for_partitioner", default=False)
 
 
 def top_k(x: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
-    """``jax.lax.top_k`` (values, indices) of each row, behind an optimisation
-    barrier: fused with its consumer, XLA turns the top-k into a full sort of each row
-    on the CPU (0.06 s -> 2.2 s on [4096, 3072], k=32); alone it keeps its kernel.
-    Traced inside ``top_k_unfenced()`` it has no barrier."""
+    """(values, indices) [..., k] of the k largest entries of each row, as
+    ``jax.lax.top_k`` gives them (larger first, equal values by lower index).
+
+    On the CPU this is jaxsae's top-k kernel (``jaxsae.cpu_kernels``: the same
+    result on every core). Otherwise ``lax.top_k`` behind an optimisation barrier:
+    fused with its consumer, XLA turns the top-k into a full sort of each row on the
+    CPU (0.06 s -> 2.2 s on [4096, 3072], k=32); alone it keeps its kernel. Traced
+    inside ``for_partitioner()``, plain ``lax.top_k``."""
+    return cpu_kernels.top_k(x, k, _xla_top_k)
+
+
+def relu_top_k(x: jax.Array, bias: jax.Array, k: int) -> jax.Array:
+    """The indices [..., k] of ``top_k(jax.nn.relu(x + bias), k)`` (no gradient);
+    on the CPU the kernel applies bias and relu as it reads x."""
+    return cpu_kernels.relu_top_k(x, bias, k, _xla_top_k)
+
+
+def _xla_top_k(x: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
     values_indices = jax.lax.top_k(x, k)
-    if _TOP_K_BARRIER.get():
-        return jax.lax.optimization_barrier(values_indices)
-    return values_indices
+    if partitioner_tracing():
+        return values_indices
+    return jax.lax.optimization_barrier(values_indices)
 
 
 @contextlib.contextmanager
-def top_k_unfenced():
-    """Trace ``top_k`` without its barrier: XLA's SPMD partitioner cannot partition
-    an optimisation barrier whose operand is sharded (jax 0.10 on the CPU: a failed
-    check aborts the process), so a step on a mesh is traced in here."""
-    token = _TOP_K_BARRIER.set(False)
+def for_partitioner():
+    """Trace for XLA's SPMD partitioner (a step on a mesh): ``top_k`` without its
+    barrier (the partitioner cannot partition an optimisation barrier whose operand
+    is sharded: jax 0.10 on the CPU aborts on a failed check) and no CPU kernels (a
+    custom call is not split over a mesh either)."""
+    token = _FOR_PARTITIONER.set(True)
     try:
         yield
     finally:
-        _TOP_K_BARRIER.reset(token)
+        _FOR_PARTITIONER.reset(token)
+
+
+def partitioner_tracing() -> bool:
+    """Whether the code being traced is inside ``for_partitioner()``."""
+    return _FOR_PARTITIONER.get()
 
 
 def _first_k_mask(x: jax.Array, k: int) -> jax.Array:

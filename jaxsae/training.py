@@ -26,7 +26,7 @@ from jaxsae.checkpoint import from_state_dict, save_checkpoint, to_state_dict
 from jaxsae.evaluation import encode
 from jaxsae.losses import loss_terms
 from jaxsae.models import Autoencoder
-from jaxsae.sparsity import top_k_unfenced
+from jaxsae.sparsity import for_partitioner
 from saecommon import rundir
 from saecommon.checkpoint import CheckpointError, check_frozen
 from saecommon.config import SAEConfig
@@ -345,9 +345,9 @@ def mesh_placement(mesh: tuple[int, int] | None, batch_size: int):
     """(place, batch_sharding) for data-parallel training on a (devices, 1) mesh:
     ``place`` replicates an array tree over the mesh, ``batch_sharding`` splits a
     minibatch over its "data" axis; on one device (``mesh`` None) place puts it on
-    the default device and there is no batch sharding. The top-k is traced without
-    its CPU barrier on a mesh (``top_k_unfenced``: XLA's partitioner cannot split
-    one)."""
+    the default device and there is no batch sharding. On a mesh the step is traced
+    ``for_partitioner`` (no top-k barrier, no CPU kernels: XLA's partitioner
+    splits neither)."""
     if mesh is None:
         return jax.device_put, None
     if mesh[1] != 1:
@@ -428,9 +428,9 @@ def train(
     state = place(state)
     train_x = place(data.train)  # resident for the whole run
     eval_x = {split: place(getattr(data, split)) for split in recorder.eval_splits}
-    # on a mesh every jitted function is traced without the top-k's CPU barrier
-    unfenced = top_k_unfenced() if mesh else contextlib.nullcontext()
-    with unfenced, recorder.interrupts():
+    # on a mesh every jitted function is traced for XLA's partitioner
+    partitioned = for_partitioner() if mesh else contextlib.nullcontext()
+    with partitioned, recorder.interrupts():
         try:
             for epoch in range(recorder.first_epoch, tcfg.epochs):
                 recorder.begin_epoch(epoch)

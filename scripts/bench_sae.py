@@ -48,6 +48,7 @@ import numpy as np
 
 # This script's folder is sys.path[0] when it is run as a script.
 from bench_sae_peers import (
+    EVAL_BATCH,
     PEERS,
     add_worker_args,
     check_args,
@@ -162,7 +163,15 @@ def run_ours(impl: str, args: argparse.Namespace) -> dict:
             warmup_steps_untimed=args.warmup_steps,
             **on_device,
         )
-        _, x_hat = dt.forward_numpy(state, model_config, heldout, **on_device)
+        # in EVAL_BATCH chunks, as the peers' held-out forward goes
+        x_hat = np.concatenate(
+            [
+                dt.forward_numpy(state, model_config, chunk, **on_device)[1]
+                for chunk in np.split(
+                    heldout, range(EVAL_BATCH, len(heldout), EVAL_BATCH)
+                )
+            ]
+        )
     ver = f"{version('jax-torch-sae')} ({framework} {version(framework)})"
     notes = (
         f"{args.device}, {args.precision}; rss_before_train: before train_array "

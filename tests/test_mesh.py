@@ -194,7 +194,7 @@ def test_classic_models_train_data_parallel_to_one_devices_weights(tmp_path):
         import jax, jax.numpy as jnp
         import numpy as np
         from jax.sharding import NamedSharding, PartitionSpec
-        from jaxsae.sparsity import top_k_unfenced
+        from jaxsae.sparsity import for_partitioner
         from jaxsae.training import (TrainState, init_params, make_mesh,
                                      make_optimizer, make_train_step, train)
         from saecommon.checkpoint import read_checkpoint
@@ -257,7 +257,7 @@ def test_classic_models_train_data_parallel_to_one_devices_weights(tmp_path):
             if sharded:
                 state = jax.device_put(state, NamedSharding(grid, PartitionSpec()))
             fn = jax.jit(step)
-            with top_k_unfenced():
+            with for_partitioner():
                 for s in range(3):
                     batch = jax.device_put(x[s], split) if sharded else jnp.asarray(x[s])
                     state, _ = fn(state, batch, jax.random.key(s))

@@ -148,7 +148,7 @@ def test_mesh_steps_with_shard_local_selection_end_where_one_device_ends():
         from jax.sharding import NamedSharding, PartitionSpec
         from jaxsae import dictionary_training as dt, mesh_select
         from jaxsae.dictionary import make_train_step
-        from jaxsae.sparsity import top_k_unfenced
+        from jaxsae.sparsity import for_partitioner
         from saecommon.dictionary import array_batch, array_start
         from saecommon.dictionary_config import DictConfig, DictTrainConfig
         from saecommon.schedules import coefficients
@@ -200,7 +200,7 @@ def test_mesh_steps_with_shard_local_selection_end_where_one_device_ends():
                          out_shardings=layout)
             x = backend.put(array_batch(data, order, 0, train.batch_size))
             coefs = backend.Coefficients(*coefficients(config, train, 0))
-            with top_k_unfenced(), mesh_select.latents_sharded(backend.mesh):
+            with for_partitioner(), mesh_select.latents_sharded(backend.mesh):
                 text = fn.lower(state, x, coefs).compile().as_text()
             shapes = re.findall(r"= \\w+\\[([\\d,]*)\\]\\S* all-gather(?:-start)?\\(", text)
             return [int(np.prod([int(d) for d in s.split(",")])) for s in shapes]

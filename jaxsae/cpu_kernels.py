@@ -1,0 +1,223 @@
+"""jaxsae's CPU kernels: top-k and the TopK SAE's sparse products on every core,
+called from jitted code through the XLA FFI (the C++ is ``cpu_kernels.cc`` beside
+this file; it says what each kernel computes).
+
+Why: XLA's CPU backend runs ``lax.top_k`` on one thread with a per-row heap (0.055 s
+on [4096, 3072], k = 32, a fifth of a dictionary TopK training step on this
+project's 2-core machine) and the sparse gathers and scatter-adds on one thread too.
+The kernels give the same top-k bit for bit (XLA's order: larger first, -0.0 below
+0.0, NaN above +inf, equal values by lower index) and the same sparse products up to
+rounding (a fixed summation order; deterministic whatever the thread count).
+
+How they are chosen: each wrapper below is a ``jax.lax.platform_dependent`` whose
+CPU branch calls the kernel and whose other branch is the XLA code it replaces, so a
+step jitted for a GPU never sees them. They are used where they built and loaded
+(``available()``), for float32 and float64, and not in code traced for XLA's SPMD
+partitioner (``sparsity.for_partitioner()``: a custom call cannot be split over a
+mesh). ``JAXSAE_CPU_KERNELS=0`` turns them off.
+
+Building: on first use the C++ is compiled with ``$CXX`` (default ``c++``) against
+the FFI headers jaxlib ships (``jax.ffi.include_dir()``), into
+``$JAXSAE_KERNEL_CACHE`` (default ``~/.cache/jaxsae/kernels``), one library per
+source, jaxlib version and CPU (it is built with ``-march=native``); a few seconds,
+once. Where that fails (no compiler), jaxsae warns once and keeps XLA's ops.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import subprocess
+import tempfile
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = [
+    "available",
+    "relu_top_k",
+    "row_dots",
+    "scatter_outer",
+    "top_k",
+    "weighted_rows",
+]
+
+SOURCE = Path(__file__).with_name("cpu_kernels.cc")
+TARGETS = ("top_k", "relu_top_k", "weighted_rows", "row_dots", "scatter_outer")
+FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-pthread", "-w")
+ENV_SWITCH = "JAXSAE_CPU_KERNELS"
+ENV_CACHE = "JAXSAE_KERNEL_CACHE"
+_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _cpu_id() -> str:
+    """The CPU model and instruction-set flags (what ``-march=native`` builds for)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.machine() + platform.processor()
+    lines = [ln for ln in text.splitlines() if ln.startswith(("model name", "flags"))]
+    return platform.machine() + "\n".join(sorted(set(lines)))
+
+
+def library_path() -> Path:
+    """Where this source, jaxlib and CPU's library lives (built or not)."""
+    import jaxlib
+
+    compiler = os.environ.get("CXX", "c++")
+    key = hashlib.sha256(
+        b"\0".join(
+            s.encode()
+            for s in (
+                SOURCE.read_text(),
+                jaxlib.__version__,
+                compiler,
+                " ".join(FLAGS),
+                _cpu_id(),
+            )
+        )
+    ).hexdigest()[:16]
+    root = os.environ.get(ENV_CACHE) or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"),
+        "jaxsae",
+        "kernels",
+    )
+    return Path(root) / f"jaxsae_cpu_kernels-{key}.so"
+
+
+def build(path: Path) -> None:
+    """Compile the kernels to ``path``: into a temporary file beside it, then renamed,
+    so processes building at once (test workers) never load a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
+    os.close(fd)
+    command = [os.environ.get("CXX", "c++"), *FLAGS]
+    command += ["-I", jax.ffi.include_dir(), str(SOURCE), "-o", tmp]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-2000:]}")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def available() -> bool:
+    """Whether the kernels are on: built, loaded and registered (built on the first
+    call). False, after one warning, where they cannot be built; False without a
+    word where ``JAXSAE_CPU_KERNELS=0`` (read at each trace)."""
+    return os.environ.get(ENV_SWITCH, "1") != "0" and _loaded()
+
+
+@functools.cache
+def _loaded() -> bool:
+    try:
+        path = library_path()
+        if not path.exists():
+            build(path)
+        library = ctypes.cdll.LoadLibrary(str(path))
+        for name in TARGETS:
+            capsule = jax.ffi.pycapsule(getattr(library, f"jaxsae_{name}"))
+            jax.ffi.register_ffi_target(f"jaxsae_{name}", capsule, platform="cpu")
+    except (OSError, RuntimeError, AttributeError) as error:
+        warnings.warn(
+            f"jaxsae: the CPU kernels could not be built or loaded, so XLA's own "
+            f"top-k and sparse products run instead (slower on the CPU; set "
+            f"{ENV_SWITCH}=0 to silence this). {error}",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return False
+    return True
+
+
+def _usable(*arrays: jax.Array) -> bool:
+    from jaxsae.sparsity import partitioner_tracing
+
+    return (
+        all(np.dtype(a.dtype) in _DTYPES for a in arrays)
+        and not partitioner_tracing()
+        and available()
+    )
+
+
+def _on_cpu(kernel: Callable, xla: Callable, *args):
+    """``kernel(*args)`` in a computation compiled for the CPU, else ``xla(*args)``."""
+    return jax.lax.platform_dependent(*args, cpu=kernel, default=xla)
+
+
+def top_k(x: jax.Array, k: int, xla: Callable) -> tuple[jax.Array, jax.Array]:
+    """(values, int32 indices) [..., k] of the last axis, as ``xla(x, k)`` (a
+    ``lax.top_k``) gives them; ``xla(x, k)`` itself where the kernel does not
+    apply. The kernel's values are gathered from x, so they carry x's gradient."""
+    if not _top_k_applies(x, k):
+        return xla(x, k)
+    idx = _on_cpu(
+        lambda a: _top_k_call("jaxsae_top_k", a, k)(a, k=np.int64(k))[1],
+        lambda a: xla(a, k)[1],
+        jax.lax.stop_gradient(x),
+    )
+    return jnp.take_along_axis(x, idx, axis=-1), idx
+
+
+def relu_top_k(x: jax.Array, bias: jax.Array, k: int, xla: Callable) -> jax.Array:
+    """The int32 indices [..., k] of ``xla(jax.nn.relu(x + bias), k)`` (bias [n],
+    no gradient): the kernel computes relu(x + bias) as it goes instead of reading
+    it from memory (a TopK encoder's [tokens, d_sae] pre-activations)."""
+    x, bias = jax.lax.stop_gradient((x, bias))
+    fallback = lambda a, b: xla(jax.nn.relu(a + b), k)[1]
+    if not (_top_k_applies(x, k) and _usable(bias)) or bias.shape != x.shape[-1:]:
+        return fallback(x, bias)
+    return _on_cpu(
+        lambda a, b: _top_k_call("jaxsae_relu_top_k", a, k)(a, b, k=np.int64(k))[1],
+        fallback,
+        x,
+        bias,
+    )
+
+
+def _top_k_applies(x: jax.Array, k: int) -> bool:
+    return x.ndim >= 1 and 1 <= k <= x.shape[-1] and _usable(x)
+
+
+def _top_k_call(target: str, x: jax.Array, k: int):
+    shape = (*x.shape[:-1], k)
+    out = (jax.ShapeDtypeStruct(shape, x.dtype), jax.ShapeDtypeStruct(shape, jnp.int32))
+    # top_k takes every leading axis as rows; relu_top_k's bias stays [n]
+    vmap = "broadcast_all" if target == "jaxsae_top_k" else "sequential"
+    return jax.ffi.ffi_call(target, out, vmap_method=vmap)
+
+
+def _sparse(name: str, out: jax.ShapeDtypeStruct, xla: Callable, a, idx, b):
+    """The kernel ``name`` on (a, idx, b); ``xla(a, idx, b)`` where it does not
+    apply."""
+    if not _usable(a, b) or idx.dtype != jnp.int32 or a.dtype != b.dtype:
+        return xla(a, idx, b)
+    call = jax.ffi.ffi_call(f"jaxsae_{name}", out, vmap_method="sequential")
+    return _on_cpu(call, xla, a, idx, b)
+
+
+def weighted_rows(weights, idx, table, xla: Callable):
+    """[tokens, d]: sum_j weights[t, j] * table[idx[t, j]]."""
+    out = jax.ShapeDtypeStruct((idx.shape[0], table.shape[1]), table.dtype)
+    return _sparse("weighted_rows", out, xla, weights, idx, table)
+
+
+def row_dots(g, idx, table, xla: Callable):
+    """[tokens, m]: g[t] . table[idx[t, j]]."""
+    out = jax.ShapeDtypeStruct(idx.shape, g.dtype)
+    return _sparse("row_dots", out, xla, g, idx, table)
+
+
+def scatter_outer(weights, idx, rows, n: int, xla: Callable):
+    """[n, d]: out[l] = sum over idx[t, j] = l of weights[t, j] * rows[t]."""
+    out = jax.ShapeDtypeStruct((n, rows.shape[1]), rows.dtype)
+    return _sparse("scatter_outer", out, xla, weights, idx, rows)

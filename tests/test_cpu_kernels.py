@@ -1,0 +1,238 @@
+"""jaxsae's CPU kernels (jaxsae/cpu_kernels.cc) against the XLA code they replace:
+top-k bit for bit on inputs built to tie, the sparse products to rounding, the
+choice of kernel or XLA op in the compiled step, and the fallback where they cannot
+be built."""
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import zlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxsae import cpu_kernels, dictionary, sparsity
+
+# Where there is a compiler the kernels must build: a failed build fails here.
+pytestmark = pytest.mark.skipif(
+    shutil.which(os.environ.get("CXX", "c++")) is None, reason="no C++ compiler"
+)
+
+
+def test_the_kernels_build_and_load():
+    assert cpu_kernels.available()
+    assert cpu_kernels.library_path().exists()
+SPECIAL = [0.0, -0.0, 1.0, -1.0, 2.0, 0.5, np.inf, -np.inf, np.nan, -np.nan]
+
+
+def _rows(kind: str, rng, rows: int, n: int, dtype) -> np.ndarray:
+    if kind == "special":  # ties everywhere, signed zeros, infinities, NaNs
+        return rng.choice(np.array(SPECIAL, dtype), (rows, n))
+    if kind == "ascending":  # every entry beats the ones before it
+        return np.sort(rng.standard_normal((rows, n)), axis=1).astype(dtype)
+    if kind == "descending":
+        return np.sort(rng.standard_normal((rows, n)), axis=1)[:, ::-1].astype(dtype)
+    if kind == "integers":  # a few values, many ties at the k-th place
+        return rng.integers(-3, 3, (rows, n)).astype(dtype)
+    return np.maximum(rng.standard_normal((rows, n)), 0).astype(dtype)  # relu'd
+
+
+def _xla_top_k(x, k):
+    return jax.lax.top_k(x, k)
+
+
+def _kernel_top_k(x, k):
+    return jax.jit(lambda a: sparsity.top_k(a, k))(x)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(
+    "kind", ["special", "ascending", "descending", "integers", "relu"]
+)
+def test_top_k_is_xlas_bit_for_bit(dtype, kind):
+    """Values (bit patterns: -0.0 and NaN included) and indices equal lax.top_k's,
+    through both of the kernel's paths: k <= n / 32 (chunk maxima) and selection."""
+    rng = np.random.default_rng(zlib.crc32(f"{kind} {dtype}".encode()))
+    with jax.enable_x64(dtype == np.float64):
+        for n, k in [(3072, 32), (640, 20), (200, 7), (64, 64), (100, 1), (33, 1)]:
+            x = jnp.asarray(_rows(kind, rng, 37, n, dtype))
+            values, idx = _kernel_top_k(x, k)
+            want_values, want_idx = jax.jit(_xla_top_k, static_argnums=1)(x, k)
+            assert values.dtype == want_values.dtype and idx.dtype == jnp.int32
+            np.testing.assert_array_equal(idx, want_idx, err_msg=f"n={n} k={k}")
+            assert np.asarray(values).tobytes() == np.asarray(want_values).tobytes()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kind", ["special", "integers", "relu"])
+def test_relu_top_k_is_xlas_on_relu_of_the_sum(dtype, kind):
+    """relu(x + bias) computed as the kernel reads x gives lax.top_k's indices on
+    jax.nn.relu(x + bias): -0.0 sums become 0.0 and tie with the zeros, -NaN stays
+    below -inf, rows with fewer than k positive entries take the first zeros."""
+    rng = np.random.default_rng(zlib.crc32(f"relu {kind} {dtype}".encode()))
+    with jax.enable_x64(dtype == np.float64):
+        for n, k in [(3072, 32), (200, 7), (64, 64)]:
+            x = jnp.asarray(_rows(kind, rng, 37, n, dtype))
+            # NaNs in x only: the sign of NaN + (-NaN) is the hardware's choice of
+            # operand, which XLA's code and the kernel's may make differently
+            bias = _rows(kind, rng, 1, n, dtype)[0]
+            bias = jnp.asarray(np.where(np.isnan(bias), 1.0, bias).astype(dtype))
+            got = jax.jit(lambda a, b, k=k: sparsity.relu_top_k(a, b, k))(x, bias)
+            want = jax.lax.top_k(jax.nn.relu(x + bias), k)[1]
+            np.testing.assert_array_equal(got, want, err_msg=f"n={n} k={k}")
+
+
+def test_top_k_one_long_row_and_leading_axes():
+    """BatchTopK's shape (one row of every token's latents, k in the thousands) and
+    a [2, 3, n] input (leading axes are rows), and under vmap."""
+    rng = np.random.default_rng(1)
+    long_row = jnp.asarray(rng.integers(0, 50, (1, 200_000)).astype(np.float32))
+    for k in (6_250, 100_000):
+        np.testing.assert_array_equal(
+            _kernel_top_k(long_row, k)[1], jax.lax.top_k(long_row, k)[1]
+        )
+    cube = jnp.asarray(rng.integers(0, 9, (2, 3, 500)).astype(np.float32))
+    np.testing.assert_array_equal(
+        _kernel_top_k(cube, 10)[1], jax.lax.top_k(cube, 10)[1]
+    )
+    mapped = jax.jit(jax.vmap(lambda a: sparsity.top_k(a, 10)[1]))(cube)
+    np.testing.assert_array_equal(mapped, jax.lax.top_k(cube, 10)[1])
+
+
+def test_top_k_values_carry_the_gradient():
+    x = jnp.asarray(np.random.default_rng(2).standard_normal((5, 300)), jnp.float32)
+    weights = jnp.arange(1.0, 9.0)
+    grad = jax.jit(jax.grad(lambda a: jnp.sum(sparsity.top_k(a, 8)[0] * weights)))(x)
+    idx = np.asarray(jax.lax.top_k(x, 8)[1])
+    want = np.zeros(x.shape, np.float32)
+    np.put_along_axis(want, idx, np.asarray(weights)[None, :].repeat(5, 0), axis=1)
+    np.testing.assert_array_equal(grad, want)
+
+
+def _sparse_case(rng, dtype, tokens=300, m=12, n=97, d=37):
+    """Indices with repeats across tokens (and a latent picked by every token)."""
+    idx = rng.integers(0, n, (tokens, m)).astype(np.int32)
+    idx[:, 0] = 5
+    cast = lambda *shape: jnp.asarray(rng.standard_normal(shape).astype(dtype))
+    return cast(tokens, m), jnp.asarray(idx), cast(n, d), cast(tokens, d), n
+
+
+@pytest.mark.parametrize("dtype,tol", [(np.float32, 2e-5), (np.float64, 1e-12)])
+def test_sparse_products_equal_xlas(dtype, tol):
+    rng = np.random.default_rng(3)
+    with jax.enable_x64(dtype == np.float64):
+        weights, idx, table, rows, n = _sparse_case(rng, dtype)
+        pairs = [
+            (
+                dictionary._weighted_rows,
+                dictionary._xla_weighted_rows,
+                (weights, idx, table),
+            ),
+            (dictionary._row_dots, dictionary._xla_row_dots, (rows, idx, table)),
+        ]
+        for kernel, xla, args in pairs:
+            got, want = jax.jit(kernel)(*args), jax.jit(xla)(*args)
+            assert got.dtype == want.dtype
+            np.testing.assert_allclose(
+                got, want, rtol=tol, atol=tol, err_msg=kernel.__name__
+            )
+        got = jax.jit(lambda w, i, r: dictionary._scatter_outer(w, i, r, n))(
+            weights, idx, rows
+        )
+        # numpy's own segment sum of the outer products
+        want = np.zeros((n, rows.shape[1]), dtype)
+        np.add.at(
+            want,
+            np.asarray(idx).ravel(),
+            (np.asarray(weights)[..., None] * np.asarray(rows)[:, None, :]).reshape(
+                -1, rows.shape[1]
+            ),
+        )
+        np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+
+
+def _targets(fn, *args) -> set[str]:
+    # a new function each time: jax.jit's cache does not know the context it traced in
+    text = jax.jit(lambda *a: fn(*a)).lower(*args).as_text()
+    return {name for name in cpu_kernels.TARGETS if f"jaxsae_{name}" in text}
+
+
+def test_the_topk_step_calls_the_kernels_on_the_cpu_only():
+    """The dictionary TopK loss and its gradient compile to the kernels on the CPU
+    (relu_top_k for TopK, top_k for AuxK); traced for the partitioner (a mesh) they
+    are XLA's ops again."""
+    from saecommon.dictionary_config import DictConfig, DictTrainConfig
+
+    config = DictConfig(d_in=16, d_sae=64, activation="topk", k=4)
+    rng = np.random.default_rng(4)
+    params = {
+        name: jnp.asarray(rng.standard_normal(shape), jnp.float32)
+        for name, shape in config.shapes().items()
+    }
+    x = jnp.asarray(rng.standard_normal((8, 16)), jnp.float32)
+    dead = jnp.arange(64) % 3 == 0
+
+    def grad_of(train):
+        def loss(p, a):
+            return dictionary.loss_terms(p, a, dead, jnp.float32(0), config, train)[0]
+
+        return jax.grad(loss)
+
+    plain = grad_of(DictTrainConfig(steps=1, batch_size=8))
+    with_aux = grad_of(DictTrainConfig(steps=1, batch_size=8, aux_k=3))
+    sparse = {"weighted_rows", "row_dots", "scatter_outer"}
+    assert _targets(plain, params, x) == {"relu_top_k"} | sparse
+    assert _targets(with_aux, params, x) == {"relu_top_k", "top_k"} | sparse
+    with sparsity.for_partitioner():
+        assert _targets(with_aux, params, x) == set()
+
+
+def _run(code: str, **env) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        env={**os.environ, "JAX_PLATFORMS": "cpu", **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+FALLBACK = """
+    import warnings
+    import jax, jax.numpy as jnp
+    from jaxsae import cpu_kernels, sparsity
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        on = cpu_kernels.available()
+        x = jnp.arange(12.0).reshape(2, 6)
+        text = jax.jit(lambda a: sparsity.top_k(a, 2)).lower(x).as_text()
+        print(on, "jaxsae_top_k" in text, jax.jit(lambda a: sparsity.top_k(a, 2)[1])(x).tolist())
+    print("WARNINGS", [str(w.message)[:60] for w in caught])
+"""
+
+
+def test_without_a_compiler_xla_runs_after_one_warning(tmp_path):
+    done = _run(FALLBACK, CXX="false", JAXSAE_KERNEL_CACHE=str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "False False [[5, 4], [5, 4]]"
+    assert lines[1].count("could not be built or loaded") == 1, lines[1]
+    assert list(tmp_path.iterdir()) == []  # no half-written library left behind
+
+
+def test_switched_off_there_is_no_build_and_no_warning(tmp_path):
+    done = _run(FALLBACK, JAXSAE_CPU_KERNELS="0", JAXSAE_KERNEL_CACHE=str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["False False [[5, 4], [5, 4]]", "WARNINGS []"]
+    assert not tmp_path.exists() or list(tmp_path.iterdir()) == []
+
+
+def test_a_fresh_cache_builds_once(tmp_path):
+    done = _run(FALLBACK, JAXSAE_KERNEL_CACHE=str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["True True [[5, 4], [5, 4]]", "WARNINGS []"]
+    assert [p.name for p in tmp_path.iterdir()] == [cpu_kernels.library_path().name]
