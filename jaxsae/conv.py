@@ -1,9 +1,13 @@
-"""Convolutions on NHWC images, two ways: XLA's convolution op, or matrix products.
+"""Convolutions on NHWC images, three ways: XLA's convolution op, matrix products,
+or jaxsae's CPU kernels.
 
 XLA's CPU backend runs its convolution op slowly, and about 20x more slowly inside a
 ``lax.scan`` (a while loop) than in a plain jitted call; a matrix product it runs at
-the speed of its matmul library in both. So on the CPU the layers are written as
-matrix products, and on GPUs (cuDNN) as convolutions: ``conv_impl`` picks.
+the speed of its matmul library in both, but the im2col form writes k*k copies of
+the input. So on the CPU the layers are jaxsae's direct convolution kernels
+(``jaxsae.cpu_kernels``: each window read where it lies, on every core, 2-7x faster
+than the matrix products) or, where those cannot be built, matrix products; on GPUs
+(cuDNN) XLA's convolutions: ``conv_impl`` picks.
 
 - ``conv2d`` as matmul: im2col. The k*k shifted (strided) slices of the input are
   stacked on the channel axis, [B, Ho, Wo, k*k*Cin], and multiplied by the kernel
@@ -28,23 +32,28 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-IMPLS = ("auto", "xla", "matmul")
+from jaxsae import cpu_kernels
+
+IMPLS = ("auto", "xla", "matmul", "kernel")
 ENV = "JAXSAE_CONV"
-"""Environment variable that overrides ``auto``: "xla" or "matmul"."""
+"""Environment variable that overrides ``auto``: "xla", "matmul" or "kernel"."""
 CHUNK = 50
 """Samples per chunk of the matmul convolutions on the CPU (``_by_chunks``): 24 to 100
 measured alike; 50 divides the usual batches (1200, 1000)."""
 
 
 def conv_impl(impl: str = "auto") -> str:
-    """ "xla" or "matmul": ``impl`` itself, or for "auto" the ``JAXSAE_CONV``
-    environment variable if set, else "matmul" on the CPU backend and "xla" on
-    GPUs and TPUs."""
+    """ "xla", "matmul" or "kernel": ``impl`` itself, or for "auto" the
+    ``JAXSAE_CONV`` environment variable if set, else on the CPU backend "kernel"
+    (jaxsae's CPU kernels) where they are available and "matmul" where not, and
+    "xla" on GPUs and TPUs."""
     source = "convolution implementation"
     if impl == "auto" and os.environ.get(ENV):
         impl, source = os.environ[ENV], f"environment variable {ENV}"
+    elif impl == "auto" and jax.default_backend() == "cpu":
+        impl = "kernel" if cpu_kernels.available() else "matmul"
     elif impl == "auto":
-        impl = "matmul" if jax.default_backend() == "cpu" else "xla"
+        impl = "xla"
     if impl not in IMPLS[1:]:
         raise ValueError(f"{source} is {impl!r}: use one of {IMPLS}")
     return impl
@@ -165,6 +174,8 @@ def conv2d(
     """VALID convolution: x [B, H, W, Cin], kernel [k, k, Cin, Cout] ->
     [B, Ho, Wo, Cout] with Ho = (H - k) // stride + 1 (cross-correlation, as
     torch.nn.Conv2d). ``chunk``: the matmul form's samples per chunk (0: all)."""
+    if impl == "kernel" and cpu_kernels.conv_supported(x, kernel):
+        return cpu_kernels.conv2d(x, kernel, stride)
     if impl == "xla":
         return jax.lax.conv_general_dilated(
             x,
@@ -187,6 +198,8 @@ def conv_transpose2d(
     [B, (H - 1) * stride + k, (W - 1) * stride + k, Cout]:
     y[b, h*s + i, w*s + j, o] += x[b, h, w, c] * kernel[i, j, c, o]. ``chunk``: the
     matmul form's samples per chunk (0: all)."""
+    if impl == "kernel" and cpu_kernels.conv_supported(x, kernel):
+        return cpu_kernels.conv_transpose2d(x, kernel, stride)
     if impl == "xla":
         # The gradient of a convolution: the kernel flipped and its channel roles
         # swapped (transpose_kernel=True), read as HWOI since it stores [in, out].

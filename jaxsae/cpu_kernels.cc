@@ -3,8 +3,9 @@
 //
 // XLA's CPU backend runs the dictionary TopK step's selection and sparse products on
 // one thread, and its top-k keeps a per-row heap of (value, index) pairs: on
-// [4096, 3072] with k = 32 it takes 0.055 s, a fifth of the whole training step.
-// These kernels do the same work on every core:
+// [4096, 3072] with k = 32 it takes 0.055 s, a fifth of the whole training step. Its
+// convolution op is slow, and 20-40x slower inside a loop. These kernels do the same
+// work on every core:
 //
 //   jaxsae_top_k      values, indices of the k largest entries of each row, exactly as
 //                     XLA's top-k orders them: larger first, a total order in which
@@ -15,6 +16,10 @@
 //   jaxsae_weighted_rows  out[t] = sum_j w[t, j] * table[idx[t, j]]       [T, d]
 //   jaxsae_row_dots       out[t, j] = g[t] . table[idx[t, j]]              [T, m]
 //   jaxsae_scatter_outer  out[l] = sum over idx[t, j] = l of w[t, j] * rows[t]  [n, d]
+//
+//   jaxsae_conv_gather, jaxsae_conv_scatter, jaxsae_conv_weights: the three sums of a
+//                     convolution layer and its transpose, forward and backward
+//                     (stated at their section below)
 //
 // Every sum runs in a fixed order (j ascending for a token; (t, j) ascending for a
 // latent), whatever the number of threads, so results are deterministic. Indices
@@ -283,6 +288,285 @@ void scatter_outer(ffi::ThreadPool& pool, const T* w, const int32_t* idx, const 
   });
 }
 
+// ------------------------------------------------------------------ convolutions
+//
+// NHWC images, VALID windows, kernels [k, k, Ci, Co] (HWIO), stride s. Three sums
+// make a convolution layer and its transpose, forward and backward:
+//
+//   gather   y[b, oy, ox, o] = sum_{i, j, c} x[b, oy*s + i, ox*s + j, c] w[i, j, c, o]
+//            (a convolution; a transposed convolution's input gradient)
+//   scatter  y[b, h*s + i, w*s + j, o] += sum_c x[b, h, w, c] w[i, j, c, o]
+//            (a transposed convolution; a convolution's input gradient), into an
+//            output of a given size (rows and columns no window reaches stay 0)
+//   weights  dw[i, j, c, o] = sum_{b, oy, ox} x[b, oy*s + i, ox*s + j, c] g[b, oy, ox, o]
+//            (both layers' kernel gradients)
+//
+// Samples are split over threads; each output value is summed in a fixed order,
+// and the weight gradient adds fixed groups of samples in order, so results do not
+// depend on the thread count. Unlike XLA's im2col form nothing k*k times the input's
+// size is written: each window is read where it lies.
+
+struct ConvShape {
+  int64_t b, h, w, ci, k, co, s, ho, wo;  // ho, wo: the windows' grid
+};
+
+// N values of T as one GCC/Clang vector (registers, whatever the instruction set):
+// written with plain arrays, the compiler kept some of these sums in memory (16
+// output channels ran 15x slower than 32).
+template <typename T, int N>
+struct VecOf {
+  typedef T type __attribute__((vector_size(N * sizeof(T))));
+};
+template <typename T, int N>
+using Vec = typename VecOf<T, N>::type;
+
+template <typename V>
+inline V load(const void* p) {
+  V v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+template <typename V>
+inline void store(void* p, const V& v) {
+  std::memcpy(p, &v, sizeof v);
+}
+
+// P adjacent output pixels of the gather, CO output channels each, in registers:
+// each kernel vector loaded serves the P pixels.
+// CO values as NV vectors of W lanes, W at most one 64-byte register's worth.
+template <typename T, int CO>
+struct Lanes {
+  static constexpr int W = CO * sizeof(T) < 64 ? CO : int(64 / sizeof(T));
+  static constexpr int NV = CO / W;
+  using V = Vec<T, W>;
+};
+
+template <typename T, int CO, int P>
+inline void gather_pixels(const ConvShape& d, const T* x_row0, const T* w, T* out,
+                          int64_t ox) {
+  using L = Lanes<T, CO>;
+  typename L::V acc[P][L::NV] = {};
+  const int64_t span = d.k * d.ci;  // one window row: k columns of ci channels
+  const int64_t step = d.s * d.ci;  // from one pixel's window to the next
+  for (int64_t i = 0; i < d.k; ++i) {
+    const T* xr = x_row0 + i * d.w * d.ci + ox * step;
+    const T* wi = w + i * span * CO;
+    for (int64_t q = 0; q < span; ++q) {
+      typename L::V wq[L::NV];
+      for (int v = 0; v < L::NV; ++v) wq[v] = load<typename L::V>(wi + q * CO + v * L::W);
+      for (int p = 0; p < P; ++p) {
+        T a = xr[p * step + q];
+        for (int v = 0; v < L::NV; ++v) acc[p][v] += a * wq[v];
+      }
+    }
+  }
+  for (int p = 0; p < P; ++p)
+    for (int v = 0; v < L::NV; ++v) store(out + (ox + p) * CO + v * L::W, acc[p][v]);
+}
+
+template <typename T, int CO>
+void gather_fixed(ffi::ThreadPool& pool, const ConvShape& d, const T* x, const T* w,
+                  T* y) {
+  constexpr int P = CO * sizeof(T) > 64 ? 4 : 8;
+  parallel_for(pool, d.b, d.b * d.ho * d.wo * d.k * d.k * d.ci * d.co,
+               [&](int64_t lo, int64_t hi) {
+                 for (int64_t b = lo; b < hi; ++b)
+                   for (int64_t oy = 0; oy < d.ho; ++oy) {
+                     const T* x0 = x + ((b * d.h + oy * d.s) * d.w) * d.ci;
+                     T* out = y + ((b * d.ho + oy) * d.wo) * CO;
+                     int64_t ox = 0;
+                     for (; ox + P <= d.wo; ox += P)
+                       gather_pixels<T, CO, P>(d, x0, w, out, ox);
+                     for (; ox < d.wo; ++ox) gather_pixels<T, CO, 1>(d, x0, w, out, ox);
+                   }
+               });
+}
+
+template <typename T>
+void gather_any(ffi::ThreadPool& pool, const ConvShape& d, const T* x, const T* w,
+                T* y) {
+  const int64_t span = d.k * d.ci;
+  parallel_for(pool, d.b, d.b * d.ho * d.wo * d.k * span * d.co,
+               [&](int64_t lo, int64_t hi) {
+                 for (int64_t b = lo; b < hi; ++b)
+                   for (int64_t oy = 0; oy < d.ho; ++oy)
+                     for (int64_t ox = 0; ox < d.wo; ++ox) {
+                       T* out = y + ((b * d.ho + oy) * d.wo + ox) * d.co;
+                       std::fill(out, out + d.co, T(0));
+                       for (int64_t i = 0; i < d.k; ++i) {
+                         const T* xr = x + ((b * d.h + oy * d.s + i) * d.w + ox * d.s) * d.ci;
+                         const T* wi = w + i * span * d.co;
+                         for (int64_t q = 0; q < span; ++q) {
+                           T a = xr[q];
+                           const T* wq = wi + q * d.co;
+                           for (int64_t o = 0; o < d.co; ++o) out[o] += a * wq[o];
+                         }
+                       }
+                     }
+               });
+}
+
+template <typename T>
+void conv_gather(ffi::ThreadPool& pool, const ConvShape& d, const T* x, const T* w,
+                 T* y) {
+  switch (d.co) {
+    case 8: return gather_fixed<T, 8>(pool, d, x, w, y);
+    case 16: return gather_fixed<T, 16>(pool, d, x, w, y);
+    case 32: return gather_fixed<T, 32>(pool, d, x, w, y);
+    default: return gather_any(pool, d, x, w, y);
+  }
+}
+
+// y [b, hy, wy, co], hy >= (h - 1) * s + k. Per input pixel: the k*k*co values it
+// adds, v = x[b, h, w, :] @ the kernel read as [ci, k*k*co] (wt, transposed once),
+// made L lanes at a time in registers for P pixels of a row at once (each kernel
+// vector loaded serves the P pixels); then each v's k rows (k*co values each,
+// contiguous in y) added in place.
+template <typename T, int L, int P>
+inline int64_t pixel_lanes(const T* xv, int64_t x_step, const T* wt, int64_t ci,
+                           int64_t kkco, int64_t q0, T* v) {
+  using V = Vec<T, L>;
+  for (; q0 + L <= kkco; q0 += L) {
+    V acc[P] = {};
+    for (int64_t c = 0; c < ci; ++c) {
+      V wc = load<V>(wt + c * kkco + q0);
+      for (int p = 0; p < P; ++p) acc[p] += xv[p * x_step + c] * wc;
+    }
+    for (int p = 0; p < P; ++p) store(v + p * kkco + q0, acc[p]);
+  }
+  return q0;
+}
+
+template <typename T, int P>
+inline void scatter_pixels(const ConvShape& d, int64_t wy, const T* xv, const T* wt,
+                           T* v, T* y_row0, int64_t c0) {
+  const int64_t kkco = d.k * d.k * d.co, kco = d.k * d.co;
+  int64_t q = pixel_lanes<T, 16, P>(xv, d.ci, wt, d.ci, kkco, 0, v);
+  q = pixel_lanes<T, 8, P>(xv, d.ci, wt, d.ci, kkco, q, v);
+  pixel_lanes<T, 1, P>(xv, d.ci, wt, d.ci, kkco, q, v);
+  for (int p = 0; p < P; ++p)
+    for (int64_t i = 0; i < d.k; ++i) {
+      T* __restrict yr = y_row0 + (i * wy + (c0 + p) * d.s) * d.co;
+      const T* __restrict vi = v + p * kkco + i * kco;
+      for (int64_t e = 0; e < kco; ++e) yr[e] += vi[e];
+    }
+}
+
+template <typename T>
+void conv_scatter(ffi::ThreadPool& pool, const ConvShape& d, int64_t hy, int64_t wy,
+                  const T* x, const T* w, T* y) {
+  constexpr int P = 4;
+  const int64_t kkco = d.k * d.k * d.co;
+  std::vector<T> wt(d.ci * kkco);  // [ci, (i, j, o)]
+  for (int64_t q = 0; q < d.k * d.k; ++q)
+    for (int64_t c = 0; c < d.ci; ++c)
+      for (int64_t o = 0; o < d.co; ++o)
+        wt[c * kkco + q * d.co + o] = w[(q * d.ci + c) * d.co + o];
+  parallel_for(pool, d.b, d.b * d.h * d.w * d.ci * kkco, [&](int64_t lo, int64_t hi) {
+    std::vector<T> v(P * kkco);
+    for (int64_t b = lo; b < hi; ++b) {
+      T* yb = y + b * hy * wy * d.co;
+      std::fill(yb, yb + hy * wy * d.co, T(0));
+      for (int64_t r = 0; r < d.h; ++r) {
+        const T* xr = x + ((b * d.h + r) * d.w) * d.ci;
+        T* y_row0 = yb + r * d.s * wy * d.co;
+        int64_t c0 = 0;
+        for (; c0 + P <= d.w; c0 += P)
+          scatter_pixels<T, P>(d, wy, xr + c0 * d.ci, wt.data(), v.data(), y_row0, c0);
+        for (; c0 < d.w; ++c0)
+          scatter_pixels<T, 1>(d, wy, xr + c0 * d.ci, wt.data(), v.data(), y_row0, c0);
+      }
+    }
+  });
+}
+
+// dw [k, k, ci, co] from x [b, h, w, ci] and g [b, ho, wo, co]. Groups of kGroup
+// samples each give a partial sum (any thread), added in group order. Within a
+// group, for each window row i and Q window entries q at a time, the sums over the
+// output row's pixels stay in registers (CO channels each).
+constexpr int64_t kGroup = 8;
+
+template <typename T, int CO, int Q>
+inline void weights_entries(const ConvShape& d, const T* xrow, const T* grow,
+                            int64_t q0, T* out) {
+  using L = Lanes<T, CO>;
+  typename L::V acc[Q][L::NV] = {};
+  const int64_t step = d.s * d.ci;
+  for (int64_t ox = 0; ox < d.wo; ++ox) {
+    typename L::V gv[L::NV];
+    for (int v = 0; v < L::NV; ++v) gv[v] = load<typename L::V>(grow + ox * CO + v * L::W);
+    const T* xq = xrow + ox * step + q0;
+    for (int q = 0; q < Q; ++q)
+      for (int v = 0; v < L::NV; ++v) acc[q][v] += xq[q] * gv[v];
+  }
+  for (int q = 0; q < Q; ++q)
+    for (int v = 0; v < L::NV; ++v) {
+      T* o = out + (q0 + q) * CO + v * L::W;
+      store(o, load<typename L::V>(o) + acc[q][v]);
+    }
+}
+
+template <typename T, int CO>
+void weights_group(const ConvShape& d, const T* x, const T* g, int64_t b0,
+                   int64_t b1, T* part) {
+  constexpr int Q = CO * sizeof(T) > 64 ? 4 : 8;
+  const int64_t span = d.k * d.ci;
+  for (int64_t b = b0; b < b1; ++b)
+    for (int64_t oy = 0; oy < d.ho; ++oy) {
+      const T* grow = g + ((b * d.ho + oy) * d.wo) * CO;
+      for (int64_t i = 0; i < d.k; ++i) {
+        const T* xrow = x + ((b * d.h + oy * d.s + i) * d.w) * d.ci;
+        T* out = part + i * span * CO;
+        int64_t q0 = 0;
+        for (; q0 + Q <= span; q0 += Q) weights_entries<T, CO, Q>(d, xrow, grow, q0, out);
+        for (; q0 < span; ++q0) weights_entries<T, CO, 1>(d, xrow, grow, q0, out);
+      }
+    }
+}
+
+template <typename T>
+void weights_group_any(const ConvShape& d, const T* x, const T* g, int64_t b0,
+                       int64_t b1, T* part) {
+  const int64_t span = d.k * d.ci;
+  for (int64_t b = b0; b < b1; ++b)
+    for (int64_t oy = 0; oy < d.ho; ++oy)
+      for (int64_t ox = 0; ox < d.wo; ++ox) {
+        const T* gv = g + ((b * d.ho + oy) * d.wo + ox) * d.co;
+        for (int64_t i = 0; i < d.k; ++i) {
+          const T* xq = x + ((b * d.h + oy * d.s + i) * d.w + ox * d.s) * d.ci;
+          for (int64_t q = 0; q < span; ++q) {
+            T* __restrict out = part + (i * span + q) * d.co;
+            for (int64_t o = 0; o < d.co; ++o) out[o] += xq[q] * gv[o];
+          }
+        }
+      }
+}
+
+template <typename T>
+void conv_weights(ffi::ThreadPool& pool, const ConvShape& d, const T* x, const T* g,
+                  T* dw) {
+  const int64_t size = d.k * d.k * d.ci * d.co;
+  const int64_t groups = (d.b + kGroup - 1) / kGroup;
+  std::vector<T> partial(groups * size);
+  parallel_for(pool, groups, d.b * d.ho * d.wo * size, [&](int64_t lo, int64_t hi) {
+    for (int64_t grp = lo; grp < hi; ++grp) {
+      T* part = partial.data() + grp * size;
+      std::fill(part, part + size, T(0));
+      int64_t b0 = grp * kGroup, b1 = std::min(d.b, b0 + kGroup);
+      switch (d.co) {
+        case 8: weights_group<T, 8>(d, x, g, b0, b1, part); break;
+        case 16: weights_group<T, 16>(d, x, g, b0, b1, part); break;
+        case 32: weights_group<T, 32>(d, x, g, b0, b1, part); break;
+        default: weights_group_any<T>(d, x, g, b0, b1, part);
+      }
+    }
+  });
+  std::fill(dw, dw + size, T(0));
+  for (int64_t grp = 0; grp < groups; ++grp)
+    for (int64_t e = 0; e < size; ++e) dw[e] += partial[grp * size + e];
+}
+
 // ------------------------------------------------------------------ FFI handlers
 
 // [leading..., last] as (rows, last).
@@ -399,6 +683,61 @@ ffi::Error ScatterOuterImpl(ffi::ThreadPool pool, ffi::AnyBuffer w,
   return sparse_call<ScatterOuter>(pool, w, idx, rows, od[0], od[1], *out);
 }
 
+// x [b, h, w, ci] and w [k, k, ci, co] (or dw's shape) as a ConvShape with stride s.
+ConvShape conv_shape(ffi::AnyBuffer x, int64_t k, int64_t ci, int64_t co, int64_t s) {
+  auto d = x.dimensions();
+  ConvShape shape{d[0], d[1], d[2], ci, k, co, s, 0, 0};
+  shape.ho = d[1] >= k ? (d[1] - k) / s + 1 : 0;
+  shape.wo = d[2] >= k ? (d[2] - k) / s + 1 : 0;
+  return shape;
+}
+
+template <typename Fn>
+ffi::Error by_dtype(ffi::DataType t, Fn fn) {
+  switch (t) {
+    case ffi::F32: fn(float{}); return ffi::Error::Success();
+    case ffi::F64: fn(double{}); return ffi::Error::Success();
+    default: return unsupported(t);
+  }
+}
+
+ffi::Error ConvGatherImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer w,
+                          ffi::Result<ffi::AnyBuffer> y, int64_t stride) {
+  auto wd = w.dimensions();
+  ConvShape d = conv_shape(x, wd[0], wd[2], wd[3], stride);
+  return by_dtype(x.element_type(), [&](auto zero) {
+    using T = decltype(zero);
+    conv_gather(pool, d, x.typed_data<T>(), w.typed_data<T>(), y->typed_data<T>());
+  });
+}
+
+ffi::Error ConvScatterImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer w,
+                           ffi::Result<ffi::AnyBuffer> y, int64_t stride) {
+  auto wd = w.dimensions();
+  auto yd = y->dimensions();
+  ConvShape d = conv_shape(x, wd[0], wd[2], wd[3], stride);
+  if (yd[1] < (d.h - 1) * stride + d.k || yd[2] < (d.w - 1) * stride + d.k)
+    return ffi::Error::InvalidArgument("conv_scatter: output smaller than the windows");
+  return by_dtype(x.element_type(), [&](auto zero) {
+    using T = decltype(zero);
+    conv_scatter(pool, d, yd[1], yd[2], x.typed_data<T>(), w.typed_data<T>(),
+                 y->typed_data<T>());
+  });
+}
+
+ffi::Error ConvWeightsImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer g,
+                           ffi::Result<ffi::AnyBuffer> dw, int64_t stride) {
+  auto wd = dw->dimensions();
+  ConvShape d = conv_shape(x, wd[0], wd[2], wd[3], stride);
+  auto gd = g.dimensions();
+  if (gd[1] != d.ho || gd[2] != d.wo)
+    return ffi::Error::InvalidArgument("conv_weights: gradient of another grid");
+  return by_dtype(x.element_type(), [&](auto zero) {
+    using T = decltype(zero);
+    conv_weights(pool, d, x.typed_data<T>(), g.typed_data<T>(), dw->typed_data<T>());
+  });
+}
+
 }  // namespace
 
 #define JAXSAE_SPARSE_BINDING                 \
@@ -429,3 +768,15 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxsae_weighted_rows, WeightedRowsImpl,
 XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxsae_row_dots, RowDotsImpl, JAXSAE_SPARSE_BINDING);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxsae_scatter_outer, ScatterOuterImpl,
                               JAXSAE_SPARSE_BINDING);
+
+#define JAXSAE_CONV_BINDING        \
+  ffi::Ffi::Bind()                 \
+      .Ctx<ffi::ThreadPool>()      \
+      .Arg<ffi::AnyBuffer>()       \
+      .Arg<ffi::AnyBuffer>()       \
+      .Ret<ffi::AnyBuffer>()       \
+      .Attr<int64_t>("stride")
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxsae_conv_gather, ConvGatherImpl, JAXSAE_CONV_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxsae_conv_scatter, ConvScatterImpl, JAXSAE_CONV_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxsae_conv_weights, ConvWeightsImpl, JAXSAE_CONV_BINDING);

@@ -1,5 +1,5 @@
-"""jaxsae's CPU kernels: top-k and the TopK SAE's sparse products on every core,
-called from jitted code through the XLA FFI (the C++ is ``cpu_kernels.cc`` beside
+"""jaxsae's CPU kernels: top-k, the TopK SAE's sparse products and direct
+convolutions on every core, called from jitted code through the XLA FFI (the C++ is ``cpu_kernels.cc`` beside
 this file; it says what each kernel computes).
 
 Why: XLA's CPU backend runs ``lax.top_k`` on one thread with a per-row heap (0.055 s
@@ -7,9 +7,14 @@ on [4096, 3072], k = 32, a fifth of a dictionary TopK training step on this
 project's 2-core machine) and the sparse gathers and scatter-adds on one thread too.
 The kernels give the same top-k bit for bit (XLA's order: larger first, -0.0 below
 0.0, NaN above +inf, equal values by lower index) and the same sparse products up to
-rounding (a fixed summation order; deterministic whatever the thread count).
+rounding (a fixed summation order; deterministic whatever the thread count). The
+convolutions (``conv2d``, ``conv_transpose2d``) read each window where it lies, where
+XLA's own convolution op is slow on the CPU and the im2col form writes every window
+out (jaxsae/conv.py).
 
-How they are chosen: each wrapper below is a ``jax.lax.platform_dependent`` whose
+How they are chosen: the convolutions by ``jaxsae.conv.conv_impl`` ("kernel", the
+CPU backend's default where the kernels are available). Each other wrapper below is
+a ``jax.lax.platform_dependent`` whose
 CPU branch calls the kernel and whose other branch is the XLA code it replaces, so a
 step jitted for a GPU never sees them. They are used where they built and loaded
 (``available()``), for float32 and float64, and not in code traced for XLA's SPMD
@@ -34,6 +39,7 @@ import subprocess
 import tempfile
 import warnings
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import jax
@@ -42,6 +48,8 @@ import numpy as np
 
 __all__ = [
     "available",
+    "conv2d",
+    "conv_transpose2d",
     "relu_top_k",
     "row_dots",
     "scatter_outer",
@@ -50,8 +58,17 @@ __all__ = [
 ]
 
 SOURCE = Path(__file__).with_name("cpu_kernels.cc")
-TARGETS = ("top_k", "relu_top_k", "weighted_rows", "row_dots", "scatter_outer")
-FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-pthread", "-w")
+TARGETS = (
+    "top_k",
+    "relu_top_k",
+    "weighted_rows",
+    "row_dots",
+    "scatter_outer",
+    "conv_gather",
+    "conv_scatter",
+    "conv_weights",
+)
+FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-pthread", "-Wall")
 ENV_SWITCH = "JAXSAE_CPU_KERNELS"
 ENV_CACHE = "JAXSAE_KERNEL_CACHE"
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -99,7 +116,7 @@ def build(path: Path) -> None:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
     os.close(fd)
     command = [os.environ.get("CXX", "c++"), *FLAGS]
-    command += ["-I", jax.ffi.include_dir(), str(SOURCE), "-o", tmp]
+    command += ["-isystem", jax.ffi.include_dir(), str(SOURCE), "-o", tmp]
     try:
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode:
@@ -221,3 +238,73 @@ def scatter_outer(weights, idx, rows, n: int, xla: Callable):
     """[n, d]: out[l] = sum over idx[t, j] = l of weights[t, j] * rows[t]."""
     out = jax.ShapeDtypeStruct((n, rows.shape[1]), rows.dtype)
     return _sparse("scatter_outer", out, xla, weights, idx, rows)
+
+
+# ---------------------------------------------------------------- convolutions
+# NHWC, VALID, kernels [k, k, in, out]: jaxsae.conv's conventions. A convolution is
+# the "gather" sum, its input gradient the "scatter" sum with the kernel's channel
+# roles swapped, its kernel gradient the "weights" sum; a transposed convolution is
+# the other way round (cpu_kernels.cc states the three sums).
+
+
+def _conv_call(name: str, shape, a: jax.Array, b: jax.Array, stride: int):
+    out = jax.ShapeDtypeStruct(tuple(shape), a.dtype)
+    call = jax.ffi.ffi_call(f"jaxsae_{name}", out, vmap_method="sequential")
+    return call(a, b, stride=np.int64(stride))
+
+
+def _swap_channels(kernel: jax.Array) -> jax.Array:
+    return kernel.transpose(0, 1, 3, 2)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2,))
+def conv2d(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+    """``jaxsae.conv.conv2d``: x [B, H, W, Cin], kernel [k, k, Cin, Cout] ->
+    [B, (H - k) // stride + 1, (W - k) // stride + 1, Cout]."""
+    k, cout = kernel.shape[0], kernel.shape[3]
+    b, h, w, _ = x.shape
+    shape = (b, (h - k) // stride + 1, (w - k) // stride + 1, cout)
+    return _conv_call("conv_gather", shape, x, kernel, stride)
+
+
+def _conv2d_fwd(x, kernel, stride):
+    return conv2d(x, kernel, stride), (x, kernel)
+
+
+def _conv2d_bwd(stride, res, g):
+    x, kernel = res
+    dx = _conv_call("conv_scatter", x.shape, g, _swap_channels(kernel), stride)
+    return dx, _conv_call("conv_weights", kernel.shape, x, g, stride)
+
+
+conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2,))
+def conv_transpose2d(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+    """``jaxsae.conv.conv_transpose2d``: x [B, H, W, Cin], kernel [k, k, Cin, Cout]
+    -> [B, (H - 1) * stride + k, (W - 1) * stride + k, Cout]."""
+    k, cout = kernel.shape[0], kernel.shape[3]
+    b, h, w, _ = x.shape
+    shape = (b, (h - 1) * stride + k, (w - 1) * stride + k, cout)
+    return _conv_call("conv_scatter", shape, x, kernel, stride)
+
+
+def _conv_transpose2d_fwd(x, kernel, stride):
+    return conv_transpose2d(x, kernel, stride), (x, kernel)
+
+
+def _conv_transpose2d_bwd(stride, res, g):
+    x, kernel = res
+    dx = _conv_call("conv_gather", x.shape, g, _swap_channels(kernel), stride)
+    swapped = _swap_channels(kernel).shape
+    return dx, _swap_channels(_conv_call("conv_weights", swapped, g, x, stride))
+
+
+conv_transpose2d.defvjp(_conv_transpose2d_fwd, _conv_transpose2d_bwd)
+
+
+def conv_supported(*arrays: jax.Array) -> bool:
+    """Whether the convolution kernels are on and take these arrays (float32 or
+    float64)."""
+    return all(np.dtype(a.dtype) in _DTYPES for a in arrays) and available()

@@ -13,7 +13,16 @@ from saecommon.config import REDUCTIONS, SAEConfig, check_rho
 def l1_penalty(activations: Sequence[jax.Array], weight: float) -> jax.Array:
     """weight * sum over layers of mean |a| (one layer: the code; all: the tutorial's
     FashionMNIST variant)."""
-    return weight * sum(jnp.mean(jnp.abs(a)) for a in activations)
+    return weight * sum(jnp.mean(jnp.abs(_channels_last(a))) for a in activations)
+
+
+def _channels_last(a: jax.Array) -> jax.Array:
+    """A conv layer's activation [B, C, H, W] read as [B, H, W, C]: the mean does not
+    depend on the order, and jaxsae's conv hiddens are NCHW transposes of NHWC
+    arrays, so XLA folds the two transposes away. Reduced through the NCHW
+    transpose, XLA's CPU code for the mean and its gradient took 150 ms of a 0.43 s
+    ivlabs-l1 training step (batch 1200); this way 30 ms."""
+    return a.transpose(0, 2, 3, 1) if a.ndim == 4 else a
 
 
 def kl_divergence(rho: float, rho_hat: jax.Array) -> jax.Array:

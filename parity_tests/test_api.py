@@ -58,13 +58,14 @@ def test_shared_names_are_the_same_objects():
 
 # Modules one package has and the other need not, with the reason.
 ONE_SIDED = {
-    "jaxsae/conv.py": "how XLA computes the convolutions (matrix products on the CPU); "
-    "torch's own Conv2d, ConvTranspose2d and max_pool2d are what it is tested against "
+    "jaxsae/conv.py": "how jaxsae computes the convolutions (kernels or matrix "
+    "products on the CPU); torch's own Conv2d, ConvTranspose2d and max_pool2d are what it is tested against "
     "(tests/test_conv.py)",
     "jaxsae/cpu_kernels.py": "C++ kernels for the CPU where XLA's own top-k and "
-    "sparse products run on one thread; torch's topk, embedding_bag and index_add "
-    "already run on every core (tests/test_cpu_kernels.py checks the kernels against "
-    "XLA's ops; the parity suite runs jaxsae with them against torchsae)",
+    "sparse products run on one thread and its convolutions are slow; torch's topk, "
+    "embedding_bag, index_add and oneDNN convolutions already run on every core "
+    "(tests/test_cpu_kernels.py and tests/test_conv.py check the kernels against "
+    "XLA's ops and torch's; the parity suite runs jaxsae with them against torchsae)",
     "jaxsae/mesh_select.py": "selections over latents sharded across devices; torch "
     "trains data parallel only (torchsae/distributed.py says what a torch user does "
     "instead)",

@@ -4,6 +4,7 @@
     python scripts/bench.py --model conv --steps 2   # quick: ~1-2 min on 2 CPU cores
     python scripts/bench.py --device cuda --json out.json
     python scripts/bench.py --devices                # a dictionary SAE on 1, 2, 4 devices
+    python scripts/bench.py --layers                 # each conv layer, five ways
 
 Models (``--model mlp|conv|both``):
 
@@ -21,7 +22,8 @@ Models (``--model mlp|conv|both``):
 Ways: the seed-style loop; torchsae eager; torchsae with torch.compile; jaxsae (its
 jitted lax.scan epoch). On a GPU jaxsae is timed with each convolution
 implementation (JAXSAE_CONV=matmul and =xla; ``--jax-conv``), so a GPU session can
-pick the faster.
+pick the faster; on the CPU ``--jax-conv both`` times jaxsae's convolution kernels
+and the matrix products.
 
 ``--steps N`` times N steps per way (the mlp: N*256 samples, i.e. N steps at batch
 256, 8N at batch 32). Every way runs a warm-up first (compilation, allocator), which is
@@ -354,10 +356,11 @@ def mlp_rows(args, images: np.ndarray) -> list[Row]:
 
 def jax_convs(choice: str | None) -> list[str | None]:
     """The JAXSAE_CONV values to time jaxsae with (None: leave it unset)."""
+    cpu = jax.default_backend() == "cpu"
     if choice is None:  # both where there is a choice to make
-        choice = "auto" if jax.default_backend() == "cpu" else "both"
+        choice = "auto" if cpu else "both"
     if choice == "both":
-        return ["matmul", "xla"]
+        return ["kernel", "matmul"] if cpu else ["matmul", "xla"]
     return [None if choice == "auto" else choice]
 
 
@@ -413,9 +416,10 @@ def main():
     )
     parser.add_argument(
         "--jax-conv",
-        choices=("auto", "matmul", "xla", "both"),
-        help=f"{JAX_CONV_ENV} for the conv model's jaxsae row(s); default: both on a "
-        "GPU, auto (matmul) on the CPU",
+        choices=("auto", "kernel", "matmul", "xla", "both"),
+        help=f"{JAX_CONV_ENV} for the conv model's jaxsae row(s); both: matmul and "
+        "xla on a GPU, kernel and matmul on the CPU; default: both on a GPU, auto "
+        "(kernel) on the CPU",
     )
     parser.add_argument("--json", help="also write every row to this file")
     parser.add_argument(
@@ -424,7 +428,17 @@ def main():
         help="instead: a jaxsae dictionary SAE on 1, 2 and 4 devices and each mesh "
         "(scripts/bench_devices.py; --steps passes on)",
     )
+    parser.add_argument(
+        "--layers",
+        action="store_true",
+        help="instead: each convolution of the conv model, forward and both "
+        "gradients, five ways (scripts/bench_conv_layers.py)",
+    )
     args = parser.parse_args()
+    if args.layers:
+        import bench_conv_layers
+
+        return bench_conv_layers.main([])
     if args.devices:
         import bench_devices
 

@@ -1,5 +1,6 @@
-"""jaxsae.conv: convolutions as matrix products equal XLA's convolution ops and
-torch's Conv2d/ConvTranspose2d, values and gradients, and the choice per backend."""
+"""jaxsae.conv: convolutions as matrix products and as jaxsae's CPU kernels equal
+XLA's convolution ops and torch's Conv2d/ConvTranspose2d, values and gradients, and
+the choice per backend."""
 
 import jax
 import jax.numpy as jnp
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from jaxsae import conv
+from jaxsae import conv, cpu_kernels
 from saecommon.architectures import CONV, FULLCONV
 
 # (kind, in channels, out channels, kernel, stride, input size): every convolution of
@@ -55,7 +56,7 @@ def test_matmul_and_xla_convolutions_equal_torch_with_gradients(case):
     dw_t = wt.grad.permute(*((2, 3, 1, 0) if kind == "conv" else (2, 3, 0, 1))).numpy()
     fn = conv.conv2d if kind == "conv" else conv.conv_transpose2d
     with jax.enable_x64(True):
-        for impl in ("xla", "matmul"):
+        for impl in ("xla", "matmul", "kernel"):
 
             def f(x, w, impl=impl):
                 return jnp.sum(fn(x, w, s, impl) * cotangent)
@@ -93,13 +94,16 @@ def test_im2col_takes_each_window_and_col2im_is_its_transpose():
 
 def test_the_implementation_is_chosen_per_backend_and_can_be_overridden(monkeypatch):
     monkeypatch.delenv(conv.ENV, raising=False)
-    want = "matmul" if jax.default_backend() == "cpu" else "xla"
+    cpu = "kernel" if cpu_kernels.available() else "matmul"
+    want = cpu if jax.default_backend() == "cpu" else "xla"
     assert conv.conv_impl() == want
     assert conv.conv_impl("xla") == "xla"
     monkeypatch.setenv(conv.ENV, "xla")
     assert conv.conv_impl() == "xla"
     monkeypatch.setenv(conv.ENV, "fft")
-    with pytest.raises(ValueError, match="JAXSAE_CONV is 'fft'.*auto.*xla.*matmul"):
+    with pytest.raises(
+        ValueError, match="JAXSAE_CONV is 'fft'.*auto.*xla.*matmul.*kernel"
+    ):
         conv.conv_impl()
     with pytest.raises(ValueError, match="implementation is 'cudnn'"):
         conv.conv_impl("cudnn")
@@ -151,3 +155,29 @@ def test_chunks_compute_what_the_whole_batch_does(kind):
     for name, whole, chunked in zip(("output", "dx", "dkernel"), *results.values()):
         np.testing.assert_allclose(chunked, whole, rtol=1e-13, atol=1e-13, err_msg=name)
     assert conv.default_chunk() == (conv.CHUNK if jax.default_backend() == "cpu" else 0)
+
+
+def test_the_layer_benchmark_prints_each_layer_five_ways(capsys):
+    """scripts/bench_conv_layers.py at batch 2: a row per convolution of the
+    fullconv model with a time for each way, and the sum of the six."""
+    import json
+    import pathlib
+    import sys
+
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "scripts"))
+    import bench_conv_layers
+
+    bench_conv_layers.main(["--batch", "2", "--repeat", "1"])
+    out = capsys.readouterr().out
+    rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert [r["layer"].split(" on ")[0] for r in rows] == [
+        "Conv(1, 8, 3)",
+        "Conv(8, 16, 5)",
+        "Conv(16, 32, 5, s2)",
+        "ConvT(32, 16, 3, s2)",
+        "ConvT(16, 8, 5, s2)",
+        "ConvT(8, 1, 8)",
+    ]
+    for row in rows:
+        assert all(row[way] > 0 for way in bench_conv_layers.WAYS), row
+    assert "all six" in out

@@ -26,6 +26,8 @@ pytestmark = pytest.mark.skipif(
 def test_the_kernels_build_and_load():
     assert cpu_kernels.available()
     assert cpu_kernels.library_path().exists()
+
+
 SPECIAL = [0.0, -0.0, 1.0, -1.0, 2.0, 0.5, np.inf, -np.inf, np.nan, -np.nan]
 
 
