@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxsae import cpu_kernels
+from jaxsae.sparsity import partitioner_tracing
 
 IMPLS = ("auto", "xla", "matmul", "kernel")
 ENV = "JAXSAE_CONV"
@@ -45,13 +46,16 @@ measured alike; 50 divides the usual batches (1200, 1000)."""
 def conv_impl(impl: str = "auto") -> str:
     """ "xla", "matmul" or "kernel": ``impl`` itself, or for "auto" the
     ``JAXSAE_CONV`` environment variable if set, else on the CPU backend "kernel"
-    (jaxsae's CPU kernels) where they are available and "matmul" where not, and
-    "xla" on GPUs and TPUs."""
+    (jaxsae's CPU kernels) where they are available and "matmul" where not or where
+    the step is traced for XLA's partitioner (a mesh: a custom call is not split),
+    and "xla" on GPUs and TPUs. Called at trace time; the result is a static
+    argument of the layers, so their jit caches tell the cases apart."""
     source = "convolution implementation"
     if impl == "auto" and os.environ.get(ENV):
         impl, source = os.environ[ENV], f"environment variable {ENV}"
     elif impl == "auto" and jax.default_backend() == "cpu":
-        impl = "kernel" if cpu_kernels.available() else "matmul"
+        on = cpu_kernels.available() and not partitioner_tracing()
+        impl = "kernel" if on else "matmul"
     elif impl == "auto":
         impl = "xla"
     if impl not in IMPLS[1:]:

@@ -1,6 +1,6 @@
 """jaxsae's CPU kernels: top-k, the TopK SAE's sparse products and direct
-convolutions on every core, called from jitted code through the XLA FFI (the C++ is ``cpu_kernels.cc`` beside
-this file; it says what each kernel computes).
+convolutions on every core, called from jitted code through the XLA FFI (the C++ is
+``cpu_kernels.cc`` beside this file; it says what each kernel computes).
 
 Why: XLA's CPU backend runs ``lax.top_k`` on one thread with a per-row heap (0.055 s
 on [4096, 3072], k = 32, a fifth of a dictionary TopK training step on this
@@ -14,9 +14,8 @@ out (jaxsae/conv.py).
 
 How they are chosen: the convolutions by ``jaxsae.conv.conv_impl`` ("kernel", the
 CPU backend's default where the kernels are available). Each other wrapper below is
-a ``jax.lax.platform_dependent`` whose
-CPU branch calls the kernel and whose other branch is the XLA code it replaces, so a
-step jitted for a GPU never sees them. They are used where they built and loaded
+a ``jax.lax.platform_dependent`` whose CPU branch calls the kernel and whose other
+branch is the XLA code it replaces, so a step jitted for a GPU never sees them. They are used where they built and loaded
 (``available()``), for float32 and float64, and not in code traced for XLA's SPMD
 partitioner (``sparsity.for_partitioner()``: a custom call cannot be split over a
 mesh). ``JAXSAE_CPU_KERNELS=0`` turns them off.
@@ -39,7 +38,6 @@ import subprocess
 import tempfile
 import warnings
 from collections.abc import Callable
-from functools import partial
 from pathlib import Path
 
 import jax
@@ -147,8 +145,9 @@ def _loaded() -> bool:
     except (OSError, RuntimeError, AttributeError) as error:
         warnings.warn(
             f"jaxsae: the CPU kernels could not be built or loaded, so XLA's own "
-            f"top-k and sparse products run instead (slower on the CPU; set "
-            f"{ENV_SWITCH}=0 to silence this). {error}",
+            f"top-k and sparse products, and convolutions as matrix products, run "
+            f"instead (slower on the CPU; set {ENV_SWITCH}=0 to silence this). "
+            f"{error}",
             RuntimeWarning,
             stacklevel=2,
         )
@@ -257,7 +256,7 @@ def _swap_channels(kernel: jax.Array) -> jax.Array:
     return kernel.transpose(0, 1, 3, 2)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(2,))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def conv2d(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
     """``jaxsae.conv.conv2d``: x [B, H, W, Cin], kernel [k, k, Cin, Cout] ->
     [B, (H - k) // stride + 1, (W - k) // stride + 1, Cout]."""
@@ -280,7 +279,7 @@ def _conv2d_bwd(stride, res, g):
 conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(2,))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def conv_transpose2d(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
     """``jaxsae.conv.conv_transpose2d``: x [B, H, W, Cin], kernel [k, k, Cin, Cout]
     -> [B, (H - 1) * stride + k, (W - 1) * stride + k, Cout]."""

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from jaxsae import conv, cpu_kernels
+from jaxsae.sparsity import for_partitioner
 from saecommon.architectures import CONV, FULLCONV
 
 # (kind, in channels, out channels, kernel, stride, input size): every convolution of
@@ -97,6 +98,8 @@ def test_the_implementation_is_chosen_per_backend_and_can_be_overridden(monkeypa
     cpu = "kernel" if cpu_kernels.available() else "matmul"
     want = cpu if jax.default_backend() == "cpu" else "xla"
     assert conv.conv_impl() == want
+    with for_partitioner():  # a step on a mesh: no custom calls
+        assert conv.conv_impl() == ("matmul" if want == "kernel" else want)
     assert conv.conv_impl("xla") == "xla"
     monkeypatch.setenv(conv.ENV, "xla")
     assert conv.conv_impl() == "xla"

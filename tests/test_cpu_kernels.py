@@ -206,22 +206,24 @@ def _run(code: str, **env) -> subprocess.CompletedProcess:
 FALLBACK = """
     import warnings
     import jax, jax.numpy as jnp
-    from jaxsae import cpu_kernels, sparsity
+    from jaxsae import conv, cpu_kernels, sparsity
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         on = cpu_kernels.available()
         x = jnp.arange(12.0).reshape(2, 6)
         text = jax.jit(lambda a: sparsity.top_k(a, 2)).lower(x).as_text()
-        print(on, "jaxsae_top_k" in text, jax.jit(lambda a: sparsity.top_k(a, 2)[1])(x).tolist())
+        top = jax.jit(lambda a: sparsity.top_k(a, 2)[1])(x).tolist()
+        print(on, "jaxsae_top_k" in text, top, conv.conv_impl())
     print("WARNINGS", [str(w.message)[:60] for w in caught])
 """
 
 
 def test_without_a_compiler_xla_runs_after_one_warning(tmp_path):
+    """XLA's top-k and the matmul convolutions, after one warning."""
     done = _run(FALLBACK, CXX="false", JAXSAE_KERNEL_CACHE=str(tmp_path))
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    assert lines[0] == "False False [[5, 4], [5, 4]]"
+    assert lines[0] == "False False [[5, 4], [5, 4]] matmul"
     assert lines[1].count("could not be built or loaded") == 1, lines[1]
     assert list(tmp_path.iterdir()) == []  # no half-written library left behind
 
@@ -229,12 +231,18 @@ def test_without_a_compiler_xla_runs_after_one_warning(tmp_path):
 def test_switched_off_there_is_no_build_and_no_warning(tmp_path):
     done = _run(FALLBACK, JAXSAE_CPU_KERNELS="0", JAXSAE_KERNEL_CACHE=str(tmp_path))
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines() == ["False False [[5, 4], [5, 4]]", "WARNINGS []"]
+    assert done.stdout.splitlines() == [
+        "False False [[5, 4], [5, 4]] matmul",
+        "WARNINGS []",
+    ]
     assert not tmp_path.exists() or list(tmp_path.iterdir()) == []
 
 
 def test_a_fresh_cache_builds_once(tmp_path):
     done = _run(FALLBACK, JAXSAE_KERNEL_CACHE=str(tmp_path))
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines() == ["True True [[5, 4], [5, 4]]", "WARNINGS []"]
+    assert done.stdout.splitlines() == [
+        "True True [[5, 4], [5, 4]] kernel",
+        "WARNINGS []",
+    ]
     assert [p.name for p in tmp_path.iterdir()] == [cpu_kernels.library_path().name]
