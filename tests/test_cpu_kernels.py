@@ -246,3 +246,40 @@ def test_a_fresh_cache_builds_once(tmp_path):
         "WARNINGS []",
     ]
     assert [p.name for p in tmp_path.iterdir()] == [cpu_kernels.library_path().name]
+
+
+DETERMINISM = """
+    import hashlib
+    import jax, jax.numpy as jnp, numpy as np
+    from jaxsae import cpu_kernels, dictionary, sparsity
+    rng = np.random.default_rng(5)
+    f32 = lambda *shape: jnp.asarray(rng.standard_normal(shape), jnp.float32)
+    idx = jnp.asarray(rng.integers(0, 300, (4096, 8)), jnp.int32)
+    w, table, rows, x = f32(4096, 8), f32(300, 64), f32(4096, 64), f32(64, 13, 13, 8)
+    kernel, pre = f32(3, 3, 8, 16), f32(4096, 300)
+
+    def conv_grads(x, k):
+        loss = lambda x, k: jnp.sum(cpu_kernels.conv2d(x, k, 1) ** 2)
+        return jax.grad(loss, argnums=(0, 1))(x, k)
+
+    outs = [
+        jax.jit(lambda p: sparsity.top_k(p, 16))(pre),
+        jax.jit(dictionary._weighted_rows)(w, idx, table),
+        jax.jit(dictionary._row_dots)(rows, idx, table),
+        jax.jit(lambda w, i, r: dictionary._scatter_outer(w, i, r, 300))(w, idx, rows),
+        jax.jit(conv_grads)(x, kernel),
+        jax.jit(lambda x, k: cpu_kernels.conv_transpose2d(x, k, 2))(x, kernel),
+    ]
+    for leaf in jax.tree.leaves(outs):
+        print(hashlib.sha256(np.asarray(leaf).tobytes()).hexdigest()[:16])
+"""
+
+
+def test_results_do_not_depend_on_the_thread_count():
+    """Bit for bit the same on one thread as on every core: the sums' order is
+    fixed (the weights gradient adds fixed groups of samples in order)."""
+    one = _run(DETERMINISM, JAXSAE_KERNEL_THREADS="1")
+    every = _run(DETERMINISM)
+    assert one.returncode == 0 and every.returncode == 0, one.stderr + every.stderr
+    assert len(one.stdout.split()) == 8
+    assert one.stdout == every.stdout
