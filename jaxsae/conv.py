@@ -33,7 +33,6 @@ import jax
 import jax.numpy as jnp
 
 from jaxsae import cpu_kernels
-from jaxsae.sparsity import partitioner_tracing
 
 IMPLS = ("auto", "xla", "matmul", "kernel")
 ENV = "JAXSAE_CONV"
@@ -54,7 +53,7 @@ def conv_impl(impl: str = "auto") -> str:
     if impl == "auto" and os.environ.get(ENV):
         impl, source = os.environ[ENV], f"environment variable {ENV}"
     elif impl == "auto" and jax.default_backend() == "cpu":
-        on = cpu_kernels.available() and not partitioner_tracing()
+        on = cpu_kernels.available() and not cpu_kernels.partitioner_tracing()
         impl = "kernel" if on else "matmul"
     elif impl == "auto":
         impl = "xla"

@@ -34,7 +34,6 @@
 #include <limits>
 #include <memory>
 #include <thread>
-#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -332,8 +331,6 @@ inline void store(void* p, const V& v) {
   std::memcpy(p, &v, sizeof v);
 }
 
-// P adjacent output pixels of the gather, CO output channels each, in registers:
-// each kernel vector loaded serves the P pixels.
 // CO values as NV vectors of W lanes, W at most one 64-byte register's worth.
 template <typename T, int CO>
 struct Lanes {
@@ -342,6 +339,8 @@ struct Lanes {
   using V = Vec<T, W>;
 };
 
+// P adjacent output pixels of the gather, CO output channels each, in registers:
+// each kernel vector loaded serves the P pixels.
 template <typename T, int CO, int P>
 inline void gather_pixels(const ConvShape& d, const T* x_row0, const T* w, T* out,
                           int64_t ox) {
@@ -582,26 +581,33 @@ ffi::Error unsupported(ffi::DataType t) {
                                      std::to_string(static_cast<int>(t)));
 }
 
-template <typename T>
-ffi::Error top_k_call(ffi::ThreadPool& pool, ffi::AnyBuffer x, const T* bias,
+// fn(T{}) with T the C++ type of t (float32 or float64): every handler's dispatch.
+template <typename Fn>
+ffi::Error by_dtype(ffi::DataType t, Fn fn) {
+  switch (t) {
+    case ffi::F32: fn(float{}); return ffi::Error::Success();
+    case ffi::F64: fn(double{}); return ffi::Error::Success();
+    default: return unsupported(t);
+  }
+}
+
+// top_k over x's rows; with bias (of x's dtype, checked by the caller), of
+// relu(x + bias).
+ffi::Error top_k_rows(ffi::ThreadPool& pool, ffi::AnyBuffer x, const ffi::AnyBuffer* bias,
                       ffi::AnyBuffer values, int32_t* indices, int64_t k) {
   auto [rows, n] = rows_last(x);
   if (k < 1 || k > n) return ffi::Error::InvalidArgument("top_k: k outside [1, n]");
-  top_k(pool, x.typed_data<T>(), bias, rows, n, k, values.typed_data<T>(), indices);
-  return ffi::Error::Success();
+  return by_dtype(x.element_type(), [&](auto zero) {
+    using T = decltype(zero);
+    top_k(pool, x.typed_data<T>(), bias ? bias->typed_data<T>() : nullptr, rows, n, k,
+          values.typed_data<T>(), indices);
+  });
 }
 
 ffi::Error TopKImpl(ffi::ThreadPool pool, ffi::AnyBuffer x,
                     ffi::Result<ffi::AnyBuffer> values,
                     ffi::Result<ffi::Buffer<ffi::S32>> indices, int64_t k) {
-  switch (x.element_type()) {
-    case ffi::F32:
-      return top_k_call<float>(pool, x, nullptr, *values, indices->typed_data(), k);
-    case ffi::F64:
-      return top_k_call<double>(pool, x, nullptr, *values, indices->typed_data(), k);
-    default:
-      return unsupported(x.element_type());
-  }
+  return top_k_rows(pool, x, nullptr, *values, indices->typed_data(), k);
 }
 
 ffi::Error ReluTopKImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer bias,
@@ -610,77 +616,49 @@ ffi::Error ReluTopKImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer b
   if (bias.element_type() != x.element_type() ||
       bias.element_count() != size_t(rows_last(x).second))
     return ffi::Error::InvalidArgument("relu_top_k: bias must be [n], x's dtype");
-  switch (x.element_type()) {
-    case ffi::F32:
-      return top_k_call<float>(pool, x, bias.typed_data<float>(), *values,
-                               indices->typed_data(), k);
-    case ffi::F64:
-      return top_k_call<double>(pool, x, bias.typed_data<double>(), *values,
-                                indices->typed_data(), k);
-    default:
-      return unsupported(x.element_type());
-  }
+  return top_k_rows(pool, x, &bias, *values, indices->typed_data(), k);
 }
 
 // kernel(pool, a, idx, b, tokens, m, n, d, out) in a's dtype: (tokens, m) are idx's
 // shape, (n, d) the table's (or the result's, for scatter_outer).
-template <template <typename> class Kernel>
+template <typename Kernel>
 ffi::Error sparse_call(ffi::ThreadPool& pool, ffi::AnyBuffer a,
                        ffi::Buffer<ffi::S32> idx, ffi::AnyBuffer b, int64_t n,
-                       int64_t d, ffi::AnyBuffer out) {
+                       int64_t d, ffi::AnyBuffer out, Kernel kernel) {
   auto dims = idx.dimensions();
   if (dims.size() != 2) return ffi::Error::InvalidArgument("indices: rank 2 only");
   int64_t tokens = dims[0], m = dims[1];
   if (a.element_type() != b.element_type() || a.element_type() != out.element_type())
     return ffi::Error::InvalidArgument("jaxsae CPU kernels: mixed dtypes");
-  switch (a.element_type()) {
-    case ffi::F32:
-      Kernel<float>::run(pool, a.typed_data<float>(), idx.typed_data(),
-                         b.typed_data<float>(), tokens, m, n, d,
-                         out.typed_data<float>());
-      return ffi::Error::Success();
-    case ffi::F64:
-      Kernel<double>::run(pool, a.typed_data<double>(), idx.typed_data(),
-                          b.typed_data<double>(), tokens, m, n, d,
-                          out.typed_data<double>());
-      return ffi::Error::Success();
-    default:
-      return unsupported(a.element_type());
-  }
+  return by_dtype(a.element_type(), [&](auto zero) {
+    using T = decltype(zero);
+    kernel(pool, a.typed_data<T>(), idx.typed_data(), b.typed_data<T>(), tokens, m, n,
+           d, out.typed_data<T>());
+  });
 }
-
-template <typename T>
-struct WeightedRows {
-  static constexpr auto run = weighted_rows<T>;
-};
-template <typename T>
-struct RowDots {
-  static constexpr auto run = row_dots<T>;
-};
-template <typename T>
-struct ScatterOuter {
-  static constexpr auto run = scatter_outer<T>;
-};
 
 ffi::Error WeightedRowsImpl(ffi::ThreadPool pool, ffi::AnyBuffer w,
                             ffi::Buffer<ffi::S32> idx, ffi::AnyBuffer table,
                             ffi::Result<ffi::AnyBuffer> out) {
   auto td = table.dimensions();
-  return sparse_call<WeightedRows>(pool, w, idx, table, td[0], td[1], *out);
+  return sparse_call(pool, w, idx, table, td[0], td[1], *out,
+                     [](auto&&... args) { weighted_rows(args...); });
 }
 
 ffi::Error RowDotsImpl(ffi::ThreadPool pool, ffi::AnyBuffer g,
                        ffi::Buffer<ffi::S32> idx, ffi::AnyBuffer table,
                        ffi::Result<ffi::AnyBuffer> out) {
   auto td = table.dimensions();
-  return sparse_call<RowDots>(pool, g, idx, table, td[0], td[1], *out);
+  return sparse_call(pool, g, idx, table, td[0], td[1], *out,
+                     [](auto&&... args) { row_dots(args...); });
 }
 
 ffi::Error ScatterOuterImpl(ffi::ThreadPool pool, ffi::AnyBuffer w,
                             ffi::Buffer<ffi::S32> idx, ffi::AnyBuffer rows,
                             ffi::Result<ffi::AnyBuffer> out) {
   auto od = out->dimensions();
-  return sparse_call<ScatterOuter>(pool, w, idx, rows, od[0], od[1], *out);
+  return sparse_call(pool, w, idx, rows, od[0], od[1], *out,
+                     [](auto&&... args) { scatter_outer(args...); });
 }
 
 // x [b, h, w, ci] and w [k, k, ci, co] (or dw's shape) as a ConvShape with stride s.
@@ -690,15 +668,6 @@ ConvShape conv_shape(ffi::AnyBuffer x, int64_t k, int64_t ci, int64_t co, int64_
   shape.ho = d[1] >= k ? (d[1] - k) / s + 1 : 0;
   shape.wo = d[2] >= k ? (d[2] - k) / s + 1 : 0;
   return shape;
-}
-
-template <typename Fn>
-ffi::Error by_dtype(ffi::DataType t, Fn fn) {
-  switch (t) {
-    case ffi::F32: fn(float{}); return ffi::Error::Success();
-    case ffi::F64: fn(double{}); return ffi::Error::Success();
-    default: return unsupported(t);
-  }
 }
 
 ffi::Error ConvGatherImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer w,

@@ -15,10 +15,10 @@ out (jaxsae/conv.py).
 How they are chosen: the convolutions by ``jaxsae.conv.conv_impl`` ("kernel", the
 CPU backend's default where the kernels are available). Each other wrapper below is
 a ``jax.lax.platform_dependent`` whose CPU branch calls the kernel and whose other
-branch is the XLA code it replaces, so a step jitted for a GPU never sees them. They are used where they built and loaded
-(``available()``), for float32 and float64, and not in code traced for XLA's SPMD
-partitioner (``sparsity.for_partitioner()``: a custom call cannot be split over a
-mesh). ``JAXSAE_CPU_KERNELS=0`` turns them off.
+branch is the XLA code it replaces, so a step jitted for a GPU never sees them.
+They are used where they built and loaded (``available()``), for float32 and
+float64, and not in code traced for XLA's SPMD partitioner (``for_partitioner()``:
+a custom call cannot be split over a mesh). ``JAXSAE_CPU_KERNELS=0`` turns them off.
 
 Building: on first use the C++ is compiled with ``$CXX`` (default ``c++``) against
 the FFI headers jaxlib ships (``jax.ffi.include_dir()``), into
@@ -29,6 +29,8 @@ once. Where that fails (no compiler), jaxsae warns once and keeps XLA's ops.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import ctypes
 import functools
 import hashlib
@@ -48,6 +50,8 @@ __all__ = [
     "available",
     "conv2d",
     "conv_transpose2d",
+    "for_partitioner",
+    "partitioner_tracing",
     "relu_top_k",
     "row_dots",
     "scatter_outer",
@@ -155,9 +159,28 @@ def _loaded() -> bool:
     return True
 
 
-def _usable(*arrays: jax.Array) -> bool:
-    from jaxsae.sparsity import partitioner_tracing
+_FOR_PARTITIONER = contextvars.ContextVar("for_partitioner", default=False)
 
+
+@contextlib.contextmanager
+def for_partitioner():
+    """Trace for XLA's SPMD partitioner (a step on a mesh): no CPU kernels (a custom
+    call is not split over a mesh) and, in ``jaxsae.sparsity.top_k``, no
+    optimisation barrier (the partitioner cannot partition one whose operand is
+    sharded: jax 0.10 on the CPU aborts on a failed check)."""
+    token = _FOR_PARTITIONER.set(True)
+    try:
+        yield
+    finally:
+        _FOR_PARTITIONER.reset(token)
+
+
+def partitioner_tracing() -> bool:
+    """Whether the code being traced is inside ``for_partitioner()``."""
+    return _FOR_PARTITIONER.get()
+
+
+def _usable(*arrays: jax.Array) -> bool:
     return (
         all(np.dtype(a.dtype) in _DTYPES for a in arrays)
         and not partitioner_tracing()
@@ -176,8 +199,10 @@ def top_k(x: jax.Array, k: int, xla: Callable) -> tuple[jax.Array, jax.Array]:
     apply. The kernel's values are gathered from x, so they carry x's gradient."""
     if not _top_k_applies(x, k):
         return xla(x, k)
+    # the kernel takes every leading axis as rows
+    call = _top_k_call("jaxsae_top_k", x, k, vmap_method="broadcast_all")
     idx = _on_cpu(
-        lambda a: _top_k_call("jaxsae_top_k", a, k)(a, k=np.int64(k))[1],
+        lambda a: call(a, k=np.int64(k))[1],
         lambda a: xla(a, k)[1],
         jax.lax.stop_gradient(x),
     )
@@ -192,8 +217,9 @@ def relu_top_k(x: jax.Array, bias: jax.Array, k: int, xla: Callable) -> jax.Arra
     fallback = lambda a, b: xla(jax.nn.relu(a + b), k)[1]
     if not (_top_k_applies(x, k) and _usable(bias)) or bias.shape != x.shape[-1:]:
         return fallback(x, bias)
+    call = _top_k_call("jaxsae_relu_top_k", x, k, vmap_method="sequential")  # bias [n]
     return _on_cpu(
-        lambda a, b: _top_k_call("jaxsae_relu_top_k", a, k)(a, b, k=np.int64(k))[1],
+        lambda a, b: call(a, b, k=np.int64(k))[1],
         fallback,
         x,
         bias,
@@ -204,12 +230,10 @@ def _top_k_applies(x: jax.Array, k: int) -> bool:
     return x.ndim >= 1 and 1 <= k <= x.shape[-1] and _usable(x)
 
 
-def _top_k_call(target: str, x: jax.Array, k: int):
+def _top_k_call(target: str, x: jax.Array, k: int, vmap_method: str):
     shape = (*x.shape[:-1], k)
     out = (jax.ShapeDtypeStruct(shape, x.dtype), jax.ShapeDtypeStruct(shape, jnp.int32))
-    # top_k takes every leading axis as rows; relu_top_k's bias stays [n]
-    vmap = "broadcast_all" if target == "jaxsae_top_k" else "sequential"
-    return jax.ffi.ffi_call(target, out, vmap_method=vmap)
+    return jax.ffi.ffi_call(target, out, vmap_method=vmap_method)
 
 
 def _sparse(name: str, out: jax.ShapeDtypeStruct, xla: Callable, a, idx, b):

@@ -17,6 +17,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxsae import distributed
+from jaxsae.cpu_kernels import for_partitioner
 from jaxsae.dictionary import (
     Coefficients,
     DictState,
@@ -27,7 +28,6 @@ from jaxsae.dictionary import (
     to_state_dict,
 )
 from jaxsae.mesh_select import latents_sharded
-from jaxsae.sparsity import for_partitioner
 from jaxsae.training import (
     _restore_state,
     _state_arrays,

@@ -13,16 +13,12 @@ through the kept entries only. ``topk`` and ``lifetime_topk`` are mask-then-appl
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-
 import jax
 import jax.numpy as jnp
 
 from jaxsae import cpu_kernels
+from jaxsae.cpu_kernels import partitioner_tracing
 from saecommon.config import SAEConfig, check_topk, lifetime_count, resolve_lifetime_k
-
-_FOR_PARTITIONER = contextvars.ContextVar("for_partitioner", default=False)
 
 
 def top_k(x: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
@@ -48,24 +44,6 @@ def _xla_top_k(x: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
     if partitioner_tracing():
         return values_indices
     return jax.lax.optimization_barrier(values_indices)
-
-
-@contextlib.contextmanager
-def for_partitioner():
-    """Trace for XLA's SPMD partitioner (a step on a mesh): ``top_k`` without its
-    barrier (the partitioner cannot partition an optimisation barrier whose operand
-    is sharded: jax 0.10 on the CPU aborts on a failed check) and no CPU kernels (a
-    custom call is not split over a mesh either)."""
-    token = _FOR_PARTITIONER.set(True)
-    try:
-        yield
-    finally:
-        _FOR_PARTITIONER.reset(token)
-
-
-def partitioner_tracing() -> bool:
-    """Whether the code being traced is inside ``for_partitioner()``."""
-    return _FOR_PARTITIONER.get()
 
 
 def _first_k_mask(x: jax.Array, k: int) -> jax.Array:

@@ -23,10 +23,10 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxsae import distributed
 from jaxsae.checkpoint import from_state_dict, save_checkpoint, to_state_dict
+from jaxsae.cpu_kernels import for_partitioner
 from jaxsae.evaluation import encode
 from jaxsae.losses import loss_terms
 from jaxsae.models import Autoencoder
-from jaxsae.sparsity import for_partitioner
 from saecommon import rundir
 from saecommon.checkpoint import CheckpointError, check_frozen
 from saecommon.config import SAEConfig

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from jaxsae import conv, cpu_kernels
-from jaxsae.sparsity import for_partitioner
+from jaxsae.cpu_kernels import for_partitioner
 from saecommon.architectures import CONV, FULLCONV
 
 # (kind, in channels, out channels, kernel, stride, input size): every convolution of

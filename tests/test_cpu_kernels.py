@@ -189,7 +189,7 @@ def test_the_topk_step_calls_the_kernels_on_the_cpu_only():
     sparse = {"weighted_rows", "row_dots", "scatter_outer"}
     assert _targets(plain, params, x) == {"relu_top_k"} | sparse
     assert _targets(with_aux, params, x) == {"relu_top_k", "top_k"} | sparse
-    with sparsity.for_partitioner():
+    with cpu_kernels.for_partitioner():
         assert _targets(with_aux, params, x) == set()
 
 

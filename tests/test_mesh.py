@@ -194,7 +194,7 @@ def test_classic_models_train_data_parallel_to_one_devices_weights(tmp_path):
         import jax, jax.numpy as jnp
         import numpy as np
         from jax.sharding import NamedSharding, PartitionSpec
-        from jaxsae.sparsity import for_partitioner
+        from jaxsae.cpu_kernels import for_partitioner
         from jaxsae.training import (TrainState, init_params, make_mesh,
                                      make_optimizer, make_train_step, train)
         from saecommon.checkpoint import read_checkpoint

@@ -148,7 +148,7 @@ def test_mesh_steps_with_shard_local_selection_end_where_one_device_ends():
         from jax.sharding import NamedSharding, PartitionSpec
         from jaxsae import dictionary_training as dt, mesh_select
         from jaxsae.dictionary import make_train_step
-        from jaxsae.sparsity import for_partitioner
+        from jaxsae.cpu_kernels import for_partitioner
         from saecommon.dictionary import array_batch, array_start
         from saecommon.dictionary_config import DictConfig, DictTrainConfig
         from saecommon.schedules import coefficients
