@@ -181,6 +181,19 @@ def field_flags(
         )
 
 
+def run_flags(run: RunConfig) -> list[str]:
+    """``run`` as train.py's flags: every field of its model and training config, so
+    that ``run_config_from_args`` gives ``run`` back whatever the defaults are (a
+    script that starts train.py on a config it holds, such as bench_e2e.py)."""
+    flags = []
+    for part in (run.model, run.train):
+        for field in dataclasses.fields(part):
+            value = getattr(part, field.name)
+            text = ",".join(map(str, value)) if isinstance(value, tuple) else value
+            flags += ["--" + field.name.replace("_", "-"), _shown(text)]
+    return flags
+
+
 def given_fields(args: argparse.Namespace, cls) -> dict[str, Any]:
     """The fields of config class ``cls`` given as flags (``field_flags``'s), by
     field name."""

@@ -164,6 +164,33 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     return _parse_idx(_gunzip(data, path), path)
 
 
+def write_idx_dir(directory: str | os.PathLike[str], dataset: Dataset) -> str:
+    """Write ``dataset`` as the four raw IDX files into ``directory`` (a new folder
+    or an empty one), which ``load_idx_dir`` and ``--dataset DIR`` read back; the
+    labels are written as uint8 (0-255). Returns the directory."""
+    root = os.fspath(directory)
+    os.makedirs(root, exist_ok=True)
+    if os.listdir(root):
+        raise DataError(f"{root} is not empty; write IDX files into a new folder")
+    for field, base in IDX_FILES.items():
+        array = getattr(dataset, field)
+        if field.endswith("images") and array.ndim != 3:
+            raise DataError(
+                f"{field}: IDX folders hold [n, rows, cols] images, got shape "
+                f"{array.shape}"
+            )
+        if field.endswith("labels"):
+            if array.size and (array.min() < 0 or array.max() > 255):
+                raise DataError(f"{field}: labels outside 0-255 do not fit IDX uint8")
+            array = array.astype(np.uint8)
+        header = bytes([0, 0, _UINT8, array.ndim]) + b"".join(
+            int(n).to_bytes(4, "big") for n in array.shape
+        )
+        with open(os.path.join(root, base), "wb") as f:
+            f.write(header + np.ascontiguousarray(array).tobytes())
+    return root
+
+
 def load_idx_dir(directory: str | os.PathLike[str], verify: bool = True) -> Dataset:
     """Load the four standard IDX files from a directory.
 

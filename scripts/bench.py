@@ -5,6 +5,7 @@
     python scripts/bench.py --device cuda --json out.json
     python scripts/bench.py --devices                # a dictionary SAE on 1, 2, 4 devices
     python scripts/bench.py --layers                 # each conv layer, five ways
+    python scripts/bench.py --end-to-end             # one training command per framework
 
 Models (``--model mlp|conv|both``):
 
@@ -23,7 +24,9 @@ Ways: the seed-style loop; torchsae eager; torchsae with torch.compile; jaxsae (
 jitted lax.scan epoch). On a GPU jaxsae is timed with each convolution
 implementation (JAXSAE_CONV=matmul and =xla; ``--jax-conv``), so a GPU session can
 pick the faster; on the CPU ``--jax-conv both`` times jaxsae's convolution kernels
-and the matrix products.
+and the matrix products. ``--precision bfloat16`` (or ``both``) times the conv
+model's jaxsae and torchsae eager rows in mixed precision too (bfloat16 compute,
+float32 master weights and loss: ``TrainConfig.precision``).
 
 ``--steps N`` times N steps per way (the mlp: N*256 samples, i.e. N steps at batch
 256, 8N at batch 32). Every way runs a warm-up first (compilation, allocator), which is
@@ -375,16 +378,26 @@ def conv_rows(args, images: np.ndarray) -> list[Row]:
     steps = len(x) // batch
     rate = bench_ivlabs(run, images, args.device)
     rows = [done(Row("conv", SEED_WAY, batch, rate, steps))]
-    rate = bench_torch(run, x, batch, False, args.device)
-    rows.append(done(Row("conv", "torchsae eager", batch, rate, steps)))
-    if not args.skip_compile:
-        rate = bench_torch(run, x, batch, True, args.device)
-        rows.append(done(Row("conv", "torchsae torch.compile", batch, rate, steps)))
-    for conv in jax_convs(args.jax_conv):
-        name = "jaxsae" if conv is None else f"jaxsae {JAX_CONV_ENV}={conv}"
-        rate = bench_jax(run, x, batch, conv)
-        rows.append(done(Row("conv", name, batch, rate, steps)))
+    for precision in precisions(args.precision):
+        mixed = dataclasses.replace(
+            run, train=dataclasses.replace(run.train, precision=precision)
+        )
+        tag = "" if precision == "float32" else " bf16"
+        rate = bench_torch(mixed, x, batch, False, args.device)
+        rows.append(done(Row("conv", "torchsae eager" + tag, batch, rate, steps)))
+        if not args.skip_compile and precision == "float32":
+            rate = bench_torch(mixed, x, batch, True, args.device)
+            rows.append(done(Row("conv", "torchsae torch.compile", batch, rate, steps)))
+        for conv in jax_convs(args.jax_conv):
+            name = "jaxsae" if conv is None else f"jaxsae {JAX_CONV_ENV}={conv}"
+            rate = bench_jax(mixed, x, batch, conv)
+            rows.append(done(Row("conv", name + tag, batch, rate, steps)))
     return rows
+
+
+def precisions(choice: str) -> list[str]:
+    """The training precisions to time the conv model's jaxsae and torchsae in."""
+    return ["float32", "bfloat16"] if choice == "both" else [choice]
 
 
 def print_table(rows: list[Row], extra=None) -> None:
@@ -421,6 +434,14 @@ def main():
         "xla on a GPU, kernel and matmul on the CPU; default: both on a GPU, auto "
         "(kernel) on the CPU",
     )
+    parser.add_argument(
+        "--precision",
+        choices=("float32", "bfloat16", "both"),
+        default="float32",
+        help="the conv model's jaxsae and torchsae rows in this training precision "
+        "(bfloat16: bfloat16 compute, float32 master weights; both: each; "
+        "torch.compile and the seed-style loop stay float32)",
+    )
     parser.add_argument("--json", help="also write every row to this file")
     parser.add_argument(
         "--devices",
@@ -434,7 +455,17 @@ def main():
         help="instead: each convolution of the conv model, forward and both "
         "gradients, five ways (scripts/bench_conv_layers.py)",
     )
+    parser.add_argument(
+        "--end-to-end",
+        action="store_true",
+        help="instead: the wall time of one ivlabs-l1 training command per framework "
+        "and where it goes (scripts/bench_e2e.py; --device passes on)",
+    )
     args = parser.parse_args()
+    if args.end_to_end:
+        import bench_e2e
+
+        return bench_e2e.main(["--device", args.device])
     if args.layers:
         import bench_conv_layers
 

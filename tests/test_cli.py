@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from saecommon.architectures import train_step_flops
-from saecommon.cli import build_parser, run_config_from_args
+from saecommon.cli import build_parser, run_config_from_args, run_flags
 from saecommon.config import ConfigError
 from saecommon.presets import PRESETS
+from saecommon.reproduction import ENTRIES
 from saecommon.schedules import epoch_order
 from saecommon.train_config import RunConfig, TrainConfig
 
@@ -127,6 +128,20 @@ def test_every_config_field_is_a_flag():
         "./somewhere",
         512,
     )
+
+
+def test_run_flags_give_the_config_back():
+    """run_flags(run) parsed by train.py's parser is run again: every preset, every
+    published entry (conv architectures, None fields), an empty layer-wise tuple, and
+    whatever --preset comes before."""
+    runs = [*PRESETS.values(), *(entry.run for entry in ENTRIES.values())]
+    runs.append(
+        RunConfig(train=TrainConfig(layerwise_epochs=(3, 2), learning_rate=1 / 3))
+    )
+    for run in runs:
+        assert parse(*run_flags(run)) == run
+        assert parse("--preset", "mnist-topk", *run_flags(run)) == run
+    assert run_flags(RunConfig())[:2] == ["--architecture", "mlp"]
 
 
 def test_a_conv_architecture_flag_brings_its_own_code_width():

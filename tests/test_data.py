@@ -23,6 +23,7 @@ from saecommon.data import (
     load_idx_dir,
     read_idx,
     split_validation,
+    write_idx_dir,
 )
 
 
@@ -137,6 +138,35 @@ def test_shipped_mnist_sums_match_and_are_checked(tmp_path):
 
 
 # --- read_idx -----------------------------------------------------------------------
+
+
+def test_write_idx_dir_reads_back(tmp_path):
+    rng = np.random.default_rng(0)
+    data = Dataset(
+        "mine",
+        rng.integers(0, 256, (5, 3, 4), dtype=np.uint8),
+        np.array([0, 9, 255, 3, 1]),
+        rng.integers(0, 256, (2, 3, 4), dtype=np.uint8),
+        np.array([7, 2]),
+    )
+    folder = write_idx_dir(tmp_path / "idx", data)
+    back = load_idx_dir(folder)
+    for field in IDX_FILES:
+        np.testing.assert_array_equal(getattr(back, field), getattr(data, field))
+    assert back.train_labels.dtype == np.uint8
+    header = (tmp_path / "idx" / "train-images-idx3-ubyte").read_bytes()[:16]
+    assert header == bytes([0, 0, 8, 3, 0, 0, 0, 5, 0, 0, 0, 3, 0, 0, 0, 4])
+    with pytest.raises(DataError, match="is not empty"):
+        write_idx_dir(folder, data)
+    wide = Dataset(
+        "w",
+        data.train_images,
+        np.array([0, 1, 2, 3, 256]),
+        data.test_images,
+        data.test_labels,
+    )
+    with pytest.raises(DataError, match="outside 0-255"):
+        write_idx_dir(tmp_path / "wide", wide)
 
 
 def test_read_idx_raw_and_gzip_give_the_same_array(tmp_path):
