@@ -13,6 +13,11 @@
 //                     lower index first.
 //   jaxsae_relu_top_k the same of relu(x + bias) (bias [n]), as jax.nn.relu gives it,
 //                     without writing relu(x + bias) out first
+//   jaxsae_first_k_mask  bool, per row: x > t, or x == t among the first `need` such
+//                     entries (lower index first), where t is the row's k-th value in
+//                     top-k order and need = k - #(x > t), compared as floats
+//                     (jaxsae.sparsity._first_k_mask's rule; one row can be a
+//                     whole flattened batch, BatchTopK's)
 //   jaxsae_weighted_rows  out[t] = sum_j w[t, j] * table[idx[t, j]]       [T, d]
 //   jaxsae_row_dots       out[t, j] = g[t] . table[idx[t, j]]              [T, m]
 //   jaxsae_scatter_outer  out[l] = sum over idx[t, j] = l of w[t, j] * rows[t]  [n, d]
@@ -33,6 +38,7 @@
 #include <functional>
 #include <limits>
 #include <memory>
+#include <mutex>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -216,6 +222,118 @@ void top_k(ffi::ThreadPool& pool, const T* x, const T* bias, int64_t rows, int64
         one(r, Plain<T>{x + r * n});
     }
   });
+}
+
+// ------------------------------------------------------------------ first-k mask
+
+template <typename T>
+inline T from_key(Key<T> key) {  // order_key's flip undoes itself
+  Key<T> bits = key ^ ((key >> (8 * sizeof key - 1)) & std::numeric_limits<Key<T>>::max());
+  T v;
+  std::memcpy(&v, &bits, sizeof v);
+  return v;
+}
+
+// The k-th largest key of one row of n entries, 1 <= k <= n: selected among the
+// keys at or above a lower bound (the k-th largest 16-entry chunk maximum, as in
+// chunked_row), or among all keys where k is a large part of n. Only the key's
+// value is wanted, so the candidates' order does not matter. `over(count, body)`
+// runs body(lo, hi) over [0, count) on one thread or many.
+template <typename T, typename Over>
+Key<T> kth_key(const T* x, int64_t n, int64_t k, Over&& over) {
+  std::vector<Key<T>> found;
+  int64_t chunks = n / kChunk;
+  if (k * 2 * kChunk > n) {
+    found.resize(n);
+    over(n, [&](int64_t lo, int64_t hi) {
+      for (int64_t i = lo; i < hi; ++i) found[i] = order_key(x[i]);
+    });
+  } else {
+    std::vector<Key<T>> maxima(chunks);
+    over(chunks, [&](int64_t lo, int64_t hi) {
+      for (int64_t c = lo; c < hi; ++c) {
+        Key<T> m = std::numeric_limits<Key<T>>::min();
+        for (int64_t i = 0; i < kChunk; ++i) m = std::max(m, order_key(x[c * kChunk + i]));
+        maxima[c] = m;
+      }
+    });
+    std::vector<Key<T>> scratch(maxima);
+    std::nth_element(scratch.begin(), scratch.begin() + (k - 1), scratch.end(),
+                     std::greater<Key<T>>());
+    Key<T> t = scratch[k - 1];
+    std::mutex lock;
+    over(chunks, [&](int64_t lo, int64_t hi) {
+      std::vector<Key<T>> mine;
+      for (int64_t c = lo; c < hi; ++c)
+        if (maxima[c] >= t)
+          for (int64_t i = c * kChunk; i < (c + 1) * kChunk; ++i)
+            if (order_key(x[i]) >= t) mine.push_back(order_key(x[i]));
+      std::lock_guard<std::mutex> hold(lock);
+      found.insert(found.end(), mine.begin(), mine.end());
+    });
+    for (int64_t i = chunks * kChunk; i < n; ++i)
+      if (order_key(x[i]) >= t) found.push_back(order_key(x[i]));
+  }
+  std::nth_element(found.begin(), found.begin() + (k - 1), found.end(),
+                   std::greater<Key<T>>());
+  return found[k - 1];
+}
+
+// One row's mask by the rule above, with t its k-th value. The row is cut into
+// `parts` segments: each counts its entries above t and equal to t, then writes its
+// mask knowing how many equal entries come before it.
+template <typename T, typename Over>
+void mask_row(const T* x, int64_t n, int64_t k, int64_t parts, Over&& over, bool* mask) {
+  const T t = from_key<T>(kth_key<T>(x, n, k, over));
+  std::vector<int64_t> above(parts), tied(parts), before(parts);
+  auto start = [&](int64_t p) { return n * p / parts; };
+  over(parts, [&](int64_t lo, int64_t hi) {
+    for (int64_t p = lo; p < hi; ++p) {
+      int64_t up = 0, eq = 0;
+      for (int64_t i = start(p); i < start(p + 1); ++i) {
+        up += x[i] > t;
+        eq += x[i] == t;
+      }
+      above[p] = up;
+      tied[p] = eq;
+    }
+  });
+  int64_t need = k;
+  for (int64_t p = 0; p < parts; ++p) need -= above[p];
+  for (int64_t p = 1; p < parts; ++p) before[p] = before[p - 1] + tied[p - 1];
+  over(parts, [&](int64_t lo, int64_t hi) {
+    for (int64_t p = lo; p < hi; ++p) {
+      int64_t seen = before[p];
+      if (seen + tied[p] <= need) {  // every equal entry of the segment is kept
+        for (int64_t i = start(p); i < start(p + 1); ++i) mask[i] = x[i] > t || x[i] == t;
+        continue;
+      }
+      for (int64_t i = start(p); i < start(p + 1); ++i) {
+        bool eq = x[i] == t;
+        seen += eq;
+        mask[i] = x[i] > t || (eq && seen <= need);
+      }
+    }
+  });
+}
+
+// Each row of x [rows, n]: rows over the threads where there are enough of them,
+// else each row's passes over the threads (a fixed number of segments, so the
+// result does not depend on the thread count; it does not anyway: counts are exact).
+template <typename T>
+void first_k_mask(ffi::ThreadPool& pool, const T* x, int64_t rows, int64_t n, int64_t k,
+                  bool* mask) {
+  auto serial = [](int64_t count, auto&& body) { body(int64_t{0}, count); };
+  int64_t threads = std::min(std::max<int64_t>(1, pool.num_threads()), thread_cap());
+  if (rows >= threads || n < (int64_t{1} << 16)) {
+    parallel_for(pool, rows, rows * n, [&](int64_t lo, int64_t hi) {
+      for (int64_t r = lo; r < hi; ++r) mask_row(x + r * n, n, k, 1, serial, mask + r * n);
+    });
+    return;
+  }
+  auto pooled = [&](int64_t count, auto&& body) { parallel_for(pool, count, n, body); };
+  int64_t parts = std::clamp<int64_t>(n >> 15, 1, 256);
+  for (int64_t r = 0; r < rows; ++r) mask_row(x + r * n, n, k, parts, pooled, mask + r * n);
 }
 
 // ------------------------------------------------------------------ sparse products
@@ -619,6 +737,16 @@ ffi::Error ReluTopKImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer b
   return top_k_rows(pool, x, &bias, *values, indices->typed_data(), k);
 }
 
+ffi::Error FirstKMaskImpl(ffi::ThreadPool pool, ffi::AnyBuffer x,
+                          ffi::Result<ffi::Buffer<ffi::PRED>> mask, int64_t k) {
+  auto [rows, n] = rows_last(x);
+  if (k < 1 || k > n) return ffi::Error::InvalidArgument("first_k_mask: k outside [1, n]");
+  return by_dtype(x.element_type(), [&](auto zero) {
+    using T = decltype(zero);
+    first_k_mask(pool, x.typed_data<T>(), rows, n, k, mask->typed_data());
+  });
+}
+
 // kernel(pool, a, idx, b, tokens, m, n, d, out) in a's dtype: (tokens, m) are idx's
 // shape, (n, d) the table's (or the result's, for scatter_outer).
 template <typename Kernel>
@@ -731,6 +859,12 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxsae_relu_top_k, ReluTopKImpl,
                                   .Arg<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>()
                                   .Ret<ffi::Buffer<ffi::S32>>()
+                                  .Attr<int64_t>("k"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxsae_first_k_mask, FirstKMaskImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::Buffer<ffi::PRED>>()
                                   .Attr<int64_t>("k"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxsae_weighted_rows, WeightedRowsImpl,
                               JAXSAE_SPARSE_BINDING);

@@ -6,8 +6,10 @@ Why: XLA's CPU backend runs ``lax.top_k`` on one thread with a per-row heap (0.0
 on [4096, 3072], k = 32, a fifth of a dictionary TopK training step on this
 project's 2-core machine) and the sparse gathers and scatter-adds on one thread too.
 The kernels give the same top-k bit for bit (XLA's order: larger first, -0.0 below
-0.0, NaN above +inf, equal values by lower index) and the same sparse products up to
-rounding (a fixed summation order; deterministic whatever the thread count). The
+0.0, NaN above +inf, equal values by lower index), the same top-k masks (the
+classic layers', BatchTopK's over a whole batch: XLA sums each mask's counts on one
+thread, 30 ms a pass on [4096, 3072]) and the same sparse products up to rounding (a
+fixed summation order; deterministic whatever the thread count). The
 convolutions (``conv2d``, ``conv_transpose2d``) read each window where it lies, where
 XLA's own convolution op is slow on the CPU and the im2col form writes every window
 out (jaxsae/conv.py).
@@ -50,6 +52,7 @@ __all__ = [
     "available",
     "conv2d",
     "conv_transpose2d",
+    "first_k_mask",
     "for_partitioner",
     "partitioner_tracing",
     "relu_top_k",
@@ -63,6 +66,7 @@ SOURCE = Path(__file__).with_name("cpu_kernels.cc")
 TARGETS = (
     "top_k",
     "relu_top_k",
+    "first_k_mask",
     "weighted_rows",
     "row_dots",
     "scatter_outer",
@@ -224,6 +228,22 @@ def relu_top_k(x: jax.Array, bias: jax.Array, k: int, xla: Callable) -> jax.Arra
         x,
         bias,
     )
+
+
+def first_k_mask(x: jax.Array, k: int, xla: Callable) -> jax.Array:
+    """Bool [..., n]: ``xla(x, k)``'s mask of each row's k largest entries (no
+    gradient), by the rule of ``jaxsae.sparsity._first_k_mask``: above the k-th
+    value, then the first entries equal to it. The kernel reads x twice and writes
+    the mask once, on every core, also where the row is a whole flattened batch."""
+    x = jax.lax.stop_gradient(x)
+    if not _top_k_applies(x, k):
+        return xla(x, k)
+    call = jax.ffi.ffi_call(
+        "jaxsae_first_k_mask",
+        jax.ShapeDtypeStruct(x.shape, jnp.bool_),
+        vmap_method="broadcast_all",
+    )
+    return _on_cpu(lambda a: call(a, k=np.int64(k)), lambda a: xla(a, k), x)
 
 
 def _top_k_applies(x: jax.Array, k: int) -> bool:

@@ -47,7 +47,14 @@ def _xla_top_k(x: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
 
 
 def _first_k_mask(x: jax.Array, k: int) -> jax.Array:
-    """Keep the k largest entries of each row of x [rows, n]; ties to the lower index."""
+    """Keep the k largest entries of each row of x [rows, n]; ties to the lower index.
+    On the CPU, jaxsae's mask kernel (the same mask, from one selection and two
+    passes over x on every core; the steps below each take a pass, XLA's sums on one
+    thread)."""
+    return cpu_kernels.first_k_mask(x, k, _xla_first_k_mask)
+
+
+def _xla_first_k_mask(x: jax.Array, k: int) -> jax.Array:
     kth = top_k(x, k)[0][:, k - 1 : k]
     above = x > kth
     tied = x == kth

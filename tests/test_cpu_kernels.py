@@ -157,6 +157,51 @@ def test_sparse_products_equal_xlas(dtype, tol):
         np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
 
 
+def _lax_first_k_mask(x, k):
+    """sparsity._first_k_mask's rule in plain lax ops, the reference."""
+    kth = jax.lax.top_k(x, k)[0][:, k - 1 : k]
+    above, tied = x > kth, x == kth
+    need = k - jnp.sum(above, axis=-1, keepdims=True)
+    return above | (tied & (jnp.cumsum(tied, axis=-1) <= need))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(
+    "kind", ["special", "ascending", "descending", "integers", "relu"]
+)
+def test_first_k_mask_is_the_rules(dtype, kind):
+    """The mask kernel equals the rule's lax ops on inputs built to tie: many short
+    rows (a row per thread), and long rows split over the threads (BatchTopK's one
+    flattened row, k in the thousands), through both ways of finding the k-th value
+    (chunk maxima, and selection among all where k is a large part of the row).
+    Without NaNs every row keeps exactly k entries."""
+    rng = np.random.default_rng(zlib.crc32(f"mask {kind} {dtype}".encode()))
+    cases = [(37, 3072, 32), (37, 200, 7), (37, 64, 64), (5, 33, 1)]
+    cases += [(1, 200_000, 6_250), (1, 200_000, 100_000), (2, 70_000, 3)]
+    with jax.enable_x64(dtype == np.float64):
+        for rows, n, k in cases:
+            x = jnp.asarray(_rows(kind, rng, rows, n, dtype))
+            got = jax.jit(lambda a, k=k: sparsity._first_k_mask(a, k))(x)
+            want = jax.jit(_lax_first_k_mask, static_argnums=1)(x, k)
+            assert got.dtype == jnp.bool_
+            np.testing.assert_array_equal(got, want, err_msg=f"{rows}x{n} k={k}")
+            if kind != "special":
+                assert (np.asarray(got).sum(axis=1) == k).all()
+            text = jax.jit(lambda a, k=k: sparsity._first_k_mask(a, k)).lower(x)
+            assert "jaxsae_first_k_mask" in text.as_text()
+
+
+def test_first_k_mask_under_vmap_and_without_the_kernels():
+    rng = np.random.default_rng(6)
+    cube = jnp.asarray(rng.integers(0, 5, (3, 4, 300)).astype(np.float32))
+    mapped = jax.jit(jax.vmap(lambda a: sparsity._first_k_mask(a, 9)))(cube)
+    for i in range(3):
+        np.testing.assert_array_equal(mapped[i], _lax_first_k_mask(cube[i], 9))
+    with cpu_kernels.for_partitioner():
+        text = jax.jit(lambda a: sparsity._first_k_mask(a, 9)).lower(cube[0])
+    assert "jaxsae_first_k_mask" not in text.as_text()
+
+
 def _targets(fn, *args) -> set[str]:
     # a new function each time: jax.jit's cache does not know the context it traced in
     text = jax.jit(lambda *a: fn(*a)).lower(*args).as_text()
@@ -165,7 +210,7 @@ def _targets(fn, *args) -> set[str]:
 
 def test_the_topk_step_calls_the_kernels_on_the_cpu_only():
     """The dictionary TopK loss and its gradient compile to the kernels on the CPU
-    (relu_top_k for TopK, top_k for AuxK); traced for the partitioner (a mesh) they
+    (relu_top_k for TopK, top_k for AuxK, first_k_mask for BatchTopK); traced for the partitioner (a mesh) they
     are XLA's ops again."""
     from saecommon.dictionary_config import DictConfig, DictTrainConfig
 
@@ -191,6 +236,14 @@ def test_the_topk_step_calls_the_kernels_on_the_cpu_only():
     assert _targets(with_aux, params, x) == {"relu_top_k", "top_k"} | sparse
     with cpu_kernels.for_partitioner():
         assert _targets(with_aux, params, x) == set()
+    # BatchTopK's one mask over the batch, and its AuxK's per token: the mask kernel
+    batch_config = DictConfig(d_in=16, d_sae=64, activation="batchtopk", k=4)
+
+    def batch_loss(p, a):
+        train = DictTrainConfig(steps=1, batch_size=8, aux_k=3)
+        return dictionary.loss_terms(p, a, dead, jnp.float32(0), batch_config, train)[0]
+
+    assert _targets(jax.grad(batch_loss), params, x) == {"first_k_mask"}
 
 
 def _run(code: str, **env) -> subprocess.CompletedProcess:
@@ -257,6 +310,7 @@ DETERMINISM = """
     idx = jnp.asarray(rng.integers(0, 300, (4096, 8)), jnp.int32)
     w, table, rows, x = f32(4096, 8), f32(300, 64), f32(4096, 64), f32(64, 13, 13, 8)
     kernel, pre = f32(3, 3, 8, 16), f32(4096, 300)
+    ties = jnp.asarray(rng.integers(0, 40, (1, 400_000)), jnp.float32)
 
     def conv_grads(x, k):
         loss = lambda x, k: jnp.sum(cpu_kernels.conv2d(x, k, 1) ** 2)
@@ -264,6 +318,8 @@ DETERMINISM = """
 
     outs = [
         jax.jit(lambda p: sparsity.top_k(p, 16))(pre),
+        jax.jit(lambda p: sparsity._first_k_mask(p, 16))(pre),
+        jax.jit(lambda t: sparsity._first_k_mask(t, 30_000))(ties),
         jax.jit(dictionary._weighted_rows)(w, idx, table),
         jax.jit(dictionary._row_dots)(rows, idx, table),
         jax.jit(lambda w, i, r: dictionary._scatter_outer(w, i, r, 300))(w, idx, rows),
@@ -277,9 +333,10 @@ DETERMINISM = """
 
 def test_results_do_not_depend_on_the_thread_count():
     """Bit for bit the same on one thread as on every core: the sums' order is
-    fixed (the weights gradient adds fixed groups of samples in order)."""
+    fixed (the weights gradient adds fixed groups of samples in order), and the masks
+    (a row per thread, and one long row split over the threads) are exact."""
     one = _run(DETERMINISM, JAXSAE_KERNEL_THREADS="1")
     every = _run(DETERMINISM)
     assert one.returncode == 0 and every.returncode == 0, one.stderr + every.stderr
-    assert len(one.stdout.split()) == 8
+    assert len(one.stdout.split()) == 10
     assert one.stdout == every.stdout
