@@ -26,7 +26,8 @@ its metrics.jsonl) and when it wrote its files:
   process's end;
 - outside: the wall time less the epochs.
 
-The last lines are one JSON object per framework (``--json FILE`` writes them too).
+Each framework's row is printed as one JSON line as soon as its command ends, and
+the table after the last (``--json FILE`` writes the rows too).
 """
 
 from __future__ import annotations
@@ -209,12 +210,11 @@ def main(argv=None) -> int:
                     **parts,
                 }
             )
+            print(json.dumps(rows[-1]), flush=True)  # kept if a time limit cuts in
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     print_table(rows)
-    for row in rows:
-        print(json.dumps(row))
     if args.json:
         pathlib.Path(args.json).write_text("".join(json.dumps(r) + "\n" for r in rows))
     return 0
