@@ -48,9 +48,9 @@ def _xla_top_k(x: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
 
 def _first_k_mask(x: jax.Array, k: int) -> jax.Array:
     """Keep the k largest entries of each row of x [rows, n]; ties to the lower index.
-    On the CPU, jaxsae's mask kernel (the same mask, from one selection and two
-    passes over x on every core; the steps below each take a pass, XLA's sums on one
-    thread)."""
+    On the CPU this is jaxsae's mask kernel: the same mask from one selection and two
+    passes over x on every core, where each XLA op of ``_xla_first_k_mask`` takes a
+    pass and its sums run on one thread."""
     return cpu_kernels.first_k_mask(x, k, _xla_first_k_mask)
 
 

@@ -11,7 +11,7 @@
 #
 #   scripts/gpu_check.sh              # on a GPU machine; exits 2 where there is none
 #   scripts/gpu_check.sh --cpu-smoke  # test this script on a CPU: a few CPU parity
-#                                     # cases and 1-step bench rows (~3-4 minutes)
+#                                     # cases and 1-step bench rows (~2-3 minutes)
 #
 # Output goes to $OUT (./gpu_check_out if unset): parity.log, parity.xml,
 # parity.jsonl (one line per compared case: PARITY_REPORT, parity_tests/harness.py),
@@ -48,7 +48,7 @@ BENCH_CONV_TIMEOUT="${BENCH_CONV_TIMEOUT:-110}"
 BENCH_E2E_TIMEOUT="${BENCH_E2E_TIMEOUT:-80}"
 BENCH_DICT_TIMEOUT="${BENCH_DICT_TIMEOUT:-45}"
 export PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}"
-# JAX and torch share the GPU (and the parity workers share it four ways): no JAX
+# JAX and torch share the GPU (and the parity workers share it WORKERS ways): no JAX
 # preallocation of 75% of its memory.
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
 mkdir -p "$OUT"
