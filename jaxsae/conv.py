@@ -47,12 +47,14 @@ def conv_impl(impl: str = "auto") -> str:
     ``JAXSAE_CONV`` environment variable if set, else on the CPU backend "kernel"
     (jaxsae's CPU kernels) where they are available and "matmul" where not or where
     the step is traced for XLA's partitioner (a mesh: a custom call is not split),
-    and "xla" on GPUs and TPUs. Called at trace time; the result is a static
-    argument of the layers, so their jit caches tell the cases apart."""
+    and "xla" on GPUs and TPUs. The platform is the default device's
+    (``jax.default_device``, as ``--device cpu`` sets it on a GPU machine), else the
+    default backend's. Called at trace time; the result is a static argument of the
+    layers, so their jit caches tell the cases apart."""
     source = "convolution implementation"
     if impl == "auto" and os.environ.get(ENV):
         impl, source = os.environ[ENV], f"environment variable {ENV}"
-    elif impl == "auto" and jax.default_backend() == "cpu":
+    elif impl == "auto" and cpu_kernels.default_platform() == "cpu":
         on = cpu_kernels.available() and not cpu_kernels.partitioner_tracing()
         impl = "kernel" if on else "matmul"
     elif impl == "auto":
@@ -165,9 +167,9 @@ def _by_chunks(fn: Callable, x: jax.Array, chunk: int) -> jax.Array:
 
 
 def default_chunk() -> int:
-    """Samples per chunk of the matmul convolutions: ``CHUNK`` on the CPU backend, 0
+    """Samples per chunk of the matmul convolutions: ``CHUNK`` on the CPU, 0
     (the whole batch at once) elsewhere, where a chunked loop would only serialise."""
-    return CHUNK if jax.default_backend() == "cpu" else 0
+    return CHUNK if cpu_kernels.default_platform() == "cpu" else 0
 
 
 @partial(jax.jit, static_argnums=(2, 3, 4))

@@ -52,6 +52,7 @@ __all__ = [
     "available",
     "conv2d",
     "conv_transpose2d",
+    "default_platform",
     "first_k_mask",
     "for_partitioner",
     "partitioner_tracing",
@@ -182,6 +183,16 @@ def for_partitioner():
 def partitioner_tracing() -> bool:
     """Whether the code being traced is inside ``for_partitioner()``."""
     return _FOR_PARTITIONER.get()
+
+
+def default_platform() -> str:
+    """The platform jitted code runs on by default: the default device's where one
+    is set (``jax.default_device``: a Device or a platform name, as ``--device cpu``
+    sets it on a GPU machine), else the default backend's."""
+    device = jax.config.jax_default_device
+    if device is None:
+        return jax.default_backend()
+    return device if isinstance(device, str) else device.platform
 
 
 def _usable(*arrays: jax.Array) -> bool:

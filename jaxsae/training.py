@@ -23,7 +23,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxsae import distributed
 from jaxsae.checkpoint import from_state_dict, save_checkpoint, to_state_dict
-from jaxsae.cpu_kernels import for_partitioner
+from jaxsae.cpu_kernels import default_platform, for_partitioner
 from jaxsae.evaluation import encode
 from jaxsae.losses import loss_terms
 from jaxsae.models import Autoencoder
@@ -406,7 +406,7 @@ def train(
     train_step = make_train_step(mcfg, tcfg, optimizer, data.pixel_range)
     # Step progress inside epochs where they are long; on GPUs a host call per step
     # would cost more than the progress is worth.
-    step_callbacks = progress and jax.default_backend() == "cpu"
+    step_callbacks = progress and default_platform() == "cpu"
     place, batch_sharding = mesh_placement(mesh, tcfg.batch_size)
     train_epoch = make_train_epoch(
         train_step, tcfg.batch_size, tcfg.shuffle, step_callbacks, batch_sharding

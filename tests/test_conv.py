@@ -112,6 +112,20 @@ def test_the_implementation_is_chosen_per_backend_and_can_be_overridden(monkeypa
         conv.conv_impl("cudnn")
 
 
+def test_the_default_device_chooses_over_the_default_backend(monkeypatch):
+    """On a GPU machine, code placed on the CPU (``jax.default_device``, as train.py
+    --device cpu and the CPU parity cases do) gets the CPU's convolutions: XLA's CPU
+    convolution in the epoch's scan is 20-40x slower."""
+    monkeypatch.delenv(conv.ENV, raising=False)
+    cpu = "kernel" if cpu_kernels.available() else "matmul"
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert conv.conv_impl() == "xla"
+    with jax.default_device(jax.devices("cpu")[0]):
+        assert conv.conv_impl() == cpu
+    with jax.default_device("cpu"):
+        assert conv.conv_impl() == cpu
+
+
 def test_max_pool_equals_torch_and_sends_ties_to_the_first_maximum():
     """Values and gradients equal torch's max_pool2d on an odd size (9 -> 4) with
     exact ties planted: window (0, 0) holds two equal maxima, at (0, 0) and (0, 1);
