@@ -246,6 +246,53 @@ def test_the_topk_step_calls_the_kernels_on_the_cpu_only():
     assert _targets(jax.grad(batch_loss), params, x) == {"first_k_mask"}
 
 
+def test_steps_lowered_for_a_gpu_hold_no_cpu_kernels(monkeypatch):
+    """What a GPU compiles: the classic conv step (with the convolution a GPU picks)
+    and the TopK + AuxK and BatchTopK dictionary gradients, exported for CUDA from
+    this CPU, keep XLA's ops (jax.export refuses custom calls it cannot vouch for,
+    so a CPU kernel left in would fail here)."""
+    from jax import export
+
+    from jaxsae import conv
+    from jaxsae import training as jt
+    from saecommon.dictionary_config import DictConfig, DictTrainConfig
+    from saecommon.reproduction import ENTRIES
+    from saecommon.train_config import TrainConfig
+
+    monkeypatch.setenv(conv.ENV, "xla")
+    model = ENTRIES["ivlabs-l1"].run.model  # fullconv, BCE + L1 on every layer
+    tcfg = TrainConfig(batch_size=4)
+    opt = jt.make_optimizer(tcfg, 1)
+    params = jt.init_params(model, jax.random.key(0))
+    state = jt.TrainState(params, opt.init(params), jnp.zeros((), jnp.int32))
+    step = jax.jit(jt.make_train_step(model, tcfg, opt))
+    args = (state, jnp.zeros((4, 784)), jax.random.key(1))
+    text = export.export(step, platforms=["cuda"])(*args).mlir_module()
+    assert "jaxsae_" not in text and "stablehlo.convolution" in text
+
+    rng = np.random.default_rng(7)
+    x = jnp.asarray(rng.standard_normal((8, 16)), jnp.float32)
+    dead = jnp.arange(64) % 3 == 0
+    for activation in ("topk", "batchtopk"):
+        config = DictConfig(d_in=16, d_sae=64, activation=activation, k=4)
+        params = {
+            name: jnp.asarray(rng.standard_normal(shape), jnp.float32)
+            for name, shape in config.shapes().items()
+        }
+        train = DictTrainConfig(steps=1, batch_size=8, aux_k=3)
+        grad = jax.jit(
+            jax.grad(
+                lambda p, a, c=config: dictionary.loss_terms(
+                    p, a, dead, jnp.float32(0), c, train
+                )[0]
+            )
+        )
+        cpu = grad.lower(params, x).as_text()
+        assert "jaxsae_" in cpu  # the same function on the CPU calls the kernels
+        text = export.export(grad, platforms=["cuda"])(params, x).mlir_module()
+        assert "jaxsae_" not in text, activation
+
+
 def _run(code: str, **env) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)],
