@@ -273,13 +273,13 @@ def test_steps_lowered_for_a_gpu_hold_no_cpu_kernels(monkeypatch):
     rng = np.random.default_rng(7)
     x = jnp.asarray(rng.standard_normal((8, 16)), jnp.float32)
     dead = jnp.arange(64) % 3 == 0
+    train = DictTrainConfig(steps=1, batch_size=8, aux_k=3)
     for activation in ("topk", "batchtopk"):
         config = DictConfig(d_in=16, d_sae=64, activation=activation, k=4)
         params = {
             name: jnp.asarray(rng.standard_normal(shape), jnp.float32)
             for name, shape in config.shapes().items()
         }
-        train = DictTrainConfig(steps=1, batch_size=8, aux_k=3)
         grad = jax.jit(
             jax.grad(
                 lambda p, a, c=config: dictionary.loss_terms(
