@@ -45,6 +45,8 @@ import sys
 import tempfile
 import time
 
+import reproduce
+
 from saecommon import rundir
 from saecommon.cli import run_flags
 from saecommon.data import Dataset, load_dataset, write_idx_dir
@@ -79,17 +81,6 @@ def subset(n: int, folder: pathlib.Path) -> str:
         mnist.test_labels[:n_test],
     )
     return write_idx_dir(folder, part)
-
-
-def shared_init(entry, run, path: pathlib.Path) -> list[str]:
-    """--init-from flags: torch's seed draw, for the entries that start from it."""
-    if not entry.torch_init:
-        return []
-    from saecommon.checkpoint import write_checkpoint
-    from torchsae.training import init_state_dict
-
-    write_checkpoint(path, init_state_dict(run.model, run.train.seed), run.model)
-    return ["--init-from", str(path)]
 
 
 def breakdown(out_dir: pathlib.Path, began: float, ended: float) -> dict:
@@ -189,7 +180,9 @@ def main(argv=None) -> int:
                 train, dataset=subset(args.samples, work / "data")
             )
         run = dataclasses.replace(entry.run, train=train)
-        flags = run_flags(run) + shared_init(entry, run, work / "init.safetensors")
+        flags = run_flags(run)
+        if reproduce.shared_init(entry, run, work) is not None:  # torch's seed draw
+            flags += ["--init-from", str(work / reproduce.INIT)]
         samples = args.samples or "all"
         print(
             f"{args.entry}: {run.train.epochs} epochs of {samples} MNIST training "

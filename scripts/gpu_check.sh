@@ -228,12 +228,11 @@ except (OSError, ET.ParseError):
 worst = {}
 report = out / "parity.jsonl"
 lines = report.read_text().splitlines() if report.exists() else []
-for line in lines:
-    r = json.loads(line)
+cases = [json.loads(line) for line in lines]
+for r in cases:
     if r["dtype"] not in worst or r["max_diff"] > worst[r["dtype"]]["max_diff"]:
         worst[r["dtype"]] = r
-near = [json.loads(line) for line in lines]
-near = [(r["case"], r["near_ties"]) for r in near if r.get("near_ties")]
+near = [(r["case"], r["near_ties"]) for r in cases if r.get("near_ties")]
 print(
     f"near-ties: {sum(n for _, n in near)} mask entries in {len(near)} cases "
     "(each checked, torch rerun with jax's mask)"
@@ -289,13 +288,14 @@ if not e2e:
 print("dictionary SAE (bench_sae.py):")
 found = False
 for log in sorted(out.glob("bench_dict_*.log")):
+    precision = log.stem.removeprefix("bench_dict_")
     for line in log.read_text().splitlines():
         if line.startswith('{"impl"'):
             r, found = json.loads(line), True
             if "error" in r:
-                print(f"  {log.stem[11:]:8s} {r['impl']:9s} error: {r['error'][:100]}")
+                print(f"  {precision:8s} {r['impl']:9s} error: {r['error'][:100]}")
             else:
-                print(f"  {log.stem[11:]:8s} {r['impl']:9s} {r['tokens_per_s']:12,.0f} tokens/s  FVU {r['fvu']:.4f}")
+                print(f"  {precision:8s} {r['impl']:9s} {r['tokens_per_s']:12,.0f} tokens/s  FVU {r['fvu']:.4f}")
 if not found:
     print("  (no dictionary rows)")
 EOF

@@ -208,14 +208,13 @@ def _targets(fn, *args) -> set[str]:
     return {name for name in cpu_kernels.TARGETS if f"jaxsae_{name}" in text}
 
 
-def test_the_topk_step_calls_the_kernels_on_the_cpu_only():
-    """The dictionary TopK loss and its gradient compile to the kernels on the CPU
-    (relu_top_k for TopK, top_k for AuxK, first_k_mask for BatchTopK); traced for the partitioner (a mesh) they
-    are XLA's ops again."""
+def _dictionary_case(activation: str, aux_k: int | None, seed: int):
+    """(the gradient of a small dictionary SAE's loss, its params, a batch)."""
     from saecommon.dictionary_config import DictConfig, DictTrainConfig
 
-    config = DictConfig(d_in=16, d_sae=64, activation="topk", k=4)
-    rng = np.random.default_rng(4)
+    config = DictConfig(d_in=16, d_sae=64, activation=activation, k=4)
+    train = DictTrainConfig(steps=1, batch_size=8, aux_k=aux_k)
+    rng = np.random.default_rng(seed)
     params = {
         name: jnp.asarray(rng.standard_normal(shape), jnp.float32)
         for name, shape in config.shapes().items()
@@ -223,27 +222,25 @@ def test_the_topk_step_calls_the_kernels_on_the_cpu_only():
     x = jnp.asarray(rng.standard_normal((8, 16)), jnp.float32)
     dead = jnp.arange(64) % 3 == 0
 
-    def grad_of(train):
-        def loss(p, a):
-            return dictionary.loss_terms(p, a, dead, jnp.float32(0), config, train)[0]
+    def loss(p, a):
+        return dictionary.loss_terms(p, a, dead, jnp.float32(0), config, train)[0]
 
-        return jax.grad(loss)
+    return jax.grad(loss), params, x
 
-    plain = grad_of(DictTrainConfig(steps=1, batch_size=8))
-    with_aux = grad_of(DictTrainConfig(steps=1, batch_size=8, aux_k=3))
+
+def test_the_topk_step_calls_the_kernels_on_the_cpu_only():
+    """The dictionary TopK loss and its gradient compile to the kernels on the CPU
+    (relu_top_k for TopK, top_k for AuxK, first_k_mask for BatchTopK); traced for
+    the partitioner (a mesh) they are XLA's ops again."""
     sparse = {"weighted_rows", "row_dots", "scatter_outer"}
-    assert _targets(plain, params, x) == {"relu_top_k"} | sparse
-    assert _targets(with_aux, params, x) == {"relu_top_k", "top_k"} | sparse
+    plain = _dictionary_case("topk", None, 4)
+    assert _targets(*plain) == {"relu_top_k"} | sparse
+    with_aux = _dictionary_case("topk", 3, 4)
+    assert _targets(*with_aux) == {"relu_top_k", "top_k"} | sparse
     with cpu_kernels.for_partitioner():
-        assert _targets(with_aux, params, x) == set()
+        assert _targets(*with_aux) == set()
     # BatchTopK's one mask over the batch, and its AuxK's per token: the mask kernel
-    batch_config = DictConfig(d_in=16, d_sae=64, activation="batchtopk", k=4)
-
-    def batch_loss(p, a):
-        train = DictTrainConfig(steps=1, batch_size=8, aux_k=3)
-        return dictionary.loss_terms(p, a, dead, jnp.float32(0), batch_config, train)[0]
-
-    assert _targets(jax.grad(batch_loss), params, x) == {"first_k_mask"}
+    assert _targets(*_dictionary_case("batchtopk", 3, 4)) == {"first_k_mask"}
 
 
 def test_steps_lowered_for_a_gpu_hold_no_cpu_kernels(monkeypatch):
@@ -255,7 +252,6 @@ def test_steps_lowered_for_a_gpu_hold_no_cpu_kernels(monkeypatch):
 
     from jaxsae import conv
     from jaxsae import training as jt
-    from saecommon.dictionary_config import DictConfig, DictTrainConfig
     from saecommon.reproduction import ENTRIES
     from saecommon.train_config import TrainConfig
 
@@ -270,23 +266,9 @@ def test_steps_lowered_for_a_gpu_hold_no_cpu_kernels(monkeypatch):
     text = export.export(step, platforms=["cuda"])(*args).mlir_module()
     assert "jaxsae_" not in text and "stablehlo.convolution" in text
 
-    rng = np.random.default_rng(7)
-    x = jnp.asarray(rng.standard_normal((8, 16)), jnp.float32)
-    dead = jnp.arange(64) % 3 == 0
-    train = DictTrainConfig(steps=1, batch_size=8, aux_k=3)
     for activation in ("topk", "batchtopk"):
-        config = DictConfig(d_in=16, d_sae=64, activation=activation, k=4)
-        params = {
-            name: jnp.asarray(rng.standard_normal(shape), jnp.float32)
-            for name, shape in config.shapes().items()
-        }
-        grad = jax.jit(
-            jax.grad(
-                lambda p, a, c=config: dictionary.loss_terms(
-                    p, a, dead, jnp.float32(0), c, train
-                )[0]
-            )
-        )
+        grad, params, x = _dictionary_case(activation, 3, 7)
+        grad = jax.jit(grad)
         cpu = grad.lower(params, x).as_text()
         assert "jaxsae_" in cpu  # the same function on the CPU calls the kernels
         text = export.export(grad, platforms=["cuda"])(params, x).mlir_module()
